@@ -1,0 +1,268 @@
+"""``make demo``: a Prefect server with its UI and a sandbox fleet, until Ctrl-C.
+
+Starts, each in its own process group so that nothing outlives the demo:
+
+1. ``prefect server start`` on 127.0.0.1:4200 (or the next free port) with its own PREFECT_HOME
+   under ``.demo/prefect`` (SQLite) and ``PREFECT_UI_API_URL`` pointing the UI at that port;
+2. ``python -m sandbox up`` with the requested number of clusters under ``.demo/sandbox``.
+
+It prints where the UI, the kubeconfig and the settings are, then waits. On Ctrl-C (or SIGTERM)
+it stops both process groups, waits for them, and checks that their ports are closed again.
+Later issues add their flows here (discovery at start, a rollout waiting for approval, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+READY_PREFIX = "sandbox ready"
+
+
+def free_port(start: int, *, tries: int = 100) -> int:
+    """The first port from ``start`` on which 127.0.0.1 can listen."""
+    for port in range(start, start + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"demo: no free port in {start}..{start + tries - 1} on 127.0.0.1")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_http_ok(url: str, *, timeout: float, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"demo: {process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"demo: {url} did not answer within {timeout:.0f} s")
+
+
+class Demo:
+    """The processes of one demo and how to stop them."""
+
+    def __init__(self, *, workdir: Path, clusters: int, ui_port: int) -> None:
+        self.workdir = workdir
+        self.clusters = clusters
+        self.ui_port = ui_port
+        self.processes: list[subprocess.Popen[str]] = []
+        self.sandbox_ports: list[int] = []
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}/api"
+
+    def prefect_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PREFECT_HOME=str(self.workdir / "prefect"),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_UI_API_URL=self.api_url,
+            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_SERVER_API_PORT=str(self.ui_port),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
+        )
+        return env
+
+    def _spawn(
+        self, args: Sequence[str], *, log: Path | None, env: dict[str, str]
+    ) -> subprocess.Popen[str]:
+        stdout = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            list(args),
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+        self.processes.append(process)
+        return process
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "prefect").mkdir(exist_ok=True)
+        prefect = self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ui_port),
+                "--analytics-off",
+            ],
+            log=self.workdir / "prefect-server.log",
+            env=self.prefect_env(),
+        )
+        sandbox_dir = self.workdir / "sandbox"
+        sandbox = self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "sandbox",
+                "up",
+                "--clusters",
+                str(self.clusters),
+                "--dir",
+                str(sandbox_dir),
+            ],
+            log=None,
+            env=dict(os.environ),
+        )
+        assert sandbox.stdout is not None
+        ready = ""
+        for line in sandbox.stdout:
+            if line.startswith(READY_PREFIX):
+                ready = line.strip()
+                break
+        if not ready:
+            raise SystemExit(f"demo: the sandbox exited with {sandbox.wait()} before it was ready")
+        # Keep draining the sandbox's output so it never blocks on a full pipe.
+        threading.Thread(target=self._drain, args=(sandbox,), daemon=True).start()
+        wait_http_ok(f"{self.api_url}/health", timeout=90, process=prefect)
+        self._write_env(sandbox_dir)
+        print(ready, flush=True)
+        print(
+            "\n".join(
+                [
+                    "",
+                    f"fleetops demo is up ({self.clusters} sandbox clusters)",
+                    f"  Prefect UI        http://127.0.0.1:{self.ui_port}",
+                    f"  kubeconfig        {sandbox_dir / 'kubeconfig'}",
+                    f"  sandbox settings  {sandbox_dir / 'sandbox.env'}",
+                    f"  all settings      {self.workdir / 'demo.env'}",
+                    "",
+                    "Try:",
+                    f"  kubectl --kubeconfig {sandbox_dir / 'kubeconfig'} config get-contexts",
+                    f"  kubectl --kubeconfig {sandbox_dir / 'kubeconfig'} --context "
+                    f"{self._first_context(sandbox_dir)} get namespaces",
+                    f"  set -a; . {self.workdir / 'demo.env'}; set +a; .venv/bin/fleetops settings",
+                    "",
+                    "Press Ctrl-C to stop everything.",
+                ]
+            ),
+            flush=True,
+        )
+
+    @staticmethod
+    def _drain(process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for _ in process.stdout:
+            pass
+
+    @staticmethod
+    def _first_context(sandbox_dir: Path) -> str:
+        for line in (sandbox_dir / "kubeconfig").read_text().splitlines():
+            if line.strip().startswith("current-context:"):
+                return line.split(":", 1)[1].strip()
+        return "sbx-01"
+
+    def _write_env(self, sandbox_dir: Path) -> None:
+        lines = [
+            f"PREFECT_API_URL={self.api_url}",
+            f"PREFECT_UI_API_URL={self.api_url}",
+            f"PREFECT_HOME={self.workdir / 'prefect'}",
+            f"FLEETOPS_UI_URL=http://127.0.0.1:{self.ui_port}",
+        ]
+        lines += (sandbox_dir / "sandbox.env").read_text().splitlines()
+        path = self.workdir / "demo.env"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+
+    def stop(self, *, grace: float = 15.0) -> list[str]:
+        """Stop every process group; return what was left behind (empty when clean)."""
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        left = []
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                continue
+            # Children of the group still alive: stop them too, and report it.
+            left.append(f"process group {process.pid} ({process.args[2]})")
+            os.killpg(process.pid, signal.SIGKILL)
+        if port_open(self.ui_port):
+            left.append(f"port {self.ui_port} still open")
+        return left
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--clusters", type=int, default=12, help="sandbox clusters (default 12)")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(".demo"), help="work folder (default .demo)"
+    )
+    parser.add_argument("--ui-port", type=int, default=4200, help="first port to try for the UI")
+    args = parser.parse_args(argv)
+    if args.clusters < 1:
+        parser.error(f"--clusters must be at least 1, got {args.clusters}")
+
+    demo = Demo(workdir=args.dir.resolve(), clusters=args.clusters, ui_port=free_port(args.ui_port))
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        demo.start()
+        while not stopping.is_set():
+            if any(p.poll() is not None for p in demo.processes):
+                print("demo: a process exited unexpectedly; stopping", file=sys.stderr, flush=True)
+                break
+            stopping.wait(1.0)
+    finally:
+        print("stopping the demo ...", flush=True)
+        left = demo.stop()
+        if left:
+            print("demo: had to kill: " + ", ".join(left), file=sys.stderr, flush=True)
+        else:
+            print("demo stopped; no process left behind", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
