@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from fleetops.domain.labels import validate_labels
 
@@ -93,6 +94,26 @@ class Cluster(BaseModel):
     first_seen: datetime | None = Field(default=None, description="First discovery (UTC).")
     last_seen: datetime | None = Field(default=None, description="Latest discovery (UTC).")
     last_probe: ProbeResult | None = Field(default=None, description="Latest probe result.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _computed_id(cls, data: Any) -> Any:
+        """Accept a dumped record back: its ``id`` must agree with the fields it is made of."""
+        if isinstance(data, dict) and "id" in data:
+            data = dict(data)
+            given = data.pop("id")
+            parts = [
+                data.get("provider"),
+                data.get("account"),
+                data.get("location"),
+                data.get("name"),
+            ]
+            expected = "/".join(str(getattr(p, "value", p)) for p in parts)
+            if given != expected:
+                raise ValueError(
+                    f"id {given!r} does not match provider/account/location/name {expected!r}"
+                )
+        return data
 
     @field_validator("account", "location", "name")
     @classmethod

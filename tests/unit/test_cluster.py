@@ -55,3 +55,12 @@ def test_records_are_immutable() -> None:
     cluster = _cluster()
     with pytest.raises(ValidationError):
         cluster.name = "other"  # type: ignore[misc]
+
+
+def test_dumped_record_validates_back_and_a_wrong_id_is_refused() -> None:
+    cluster = _cluster()
+    assert Cluster.model_validate(cluster.model_dump()) == cluster
+    assert Cluster.model_validate_json(cluster.model_dump_json()) == cluster
+    dumped = cluster.model_dump() | {"id": "eks/123456789012/eu-west-1/other"}
+    with pytest.raises(ValidationError, match="does not match"):
+        Cluster.model_validate(dumped)
