@@ -94,7 +94,9 @@ def bad_request(message: str) -> StatusError:
     return StatusError(400, "BadRequest", message)
 
 
-def method_not_allowed(message: str = "the server does not allow this method on the requested resource") -> StatusError:
+def method_not_allowed(
+    message: str = "the server does not allow this method on the requested resource",
+) -> StatusError:
     return StatusError(405, "MethodNotAllowed", message)
 
 
@@ -102,7 +104,7 @@ def unsupported_media_type(content_type: str) -> StatusError:
     return StatusError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: "
+        "the body of the request was in an unknown format - accepted media types include: "
         "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         details={"kind": content_type} if content_type else None,
     )
@@ -144,5 +146,7 @@ def internal_error(message: str) -> StatusError:
     return StatusError(500, "InternalError", f"Internal error occurred: {message}")
 
 
-def service_unavailable(message: str = "the server is currently unable to handle the request") -> StatusError:
+def service_unavailable(
+    message: str = "the server is currently unable to handle the request",
+) -> StatusError:
     return StatusError(503, "ServiceUnavailable", message)

@@ -1,0 +1,133 @@
+"""``python -m sandbox up --clusters N --dir DIR``: run a sandbox fleet until interrupted.
+
+Prints one line when every cluster listens and the files are written, serves until SIGINT or
+SIGTERM, then shuts down cleanly and exits 0. Source ``DIR/sandbox.env`` (``set -a; . DIR/sandbox.env;
+set +a``) to point fleetops at the fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from sandbox.fleet import Fleet
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox", description="Local sandbox fleet of Kubernetes API servers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = commands.add_parser("up", help="start a fleet and serve until interrupted")
+    up.add_argument("--clusters", type=_positive_int, default=3, metavar="N", help="default 3")
+    up.add_argument(
+        "--dir", type=Path, required=True, metavar="DIR",
+        help="where kubeconfig, sandbox.env and fleet.json are written (created if missing)",
+    )  # fmt: skip
+    up.add_argument(
+        "--rollout-seconds", type=_seconds, default=2.0, metavar="S",
+        help="how long a Deployment rollout takes to become ready (default 2)",
+    )  # fmt: skip
+    up.add_argument(
+        "--control-port", type=_port, default=0, metavar="P",
+        help="port of the control endpoint on 127.0.0.1 (default: a free one)",
+    )  # fmt: skip
+    up.add_argument("--seed", type=int, default=None, help="seed for the fault error rate")
+    up.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
+    return parser
+
+
+def _check_directory(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold the fleet's files, or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {directory}: {exc.strerror or exc}"
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory} is not writable"
+    return None
+
+
+async def _serve(fleet: Fleet) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    def ready(fleet: Fleet) -> None:
+        print(
+            f"sandbox ready: {len(fleet.names)} clusters, kubeconfig {fleet.kubeconfig_path}, "
+            f"settings {fleet.env_path}, control {fleet.control_url}",
+            flush=True,
+        )
+
+    await fleet.run_forever(stop, on_ready=ready)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    problem = _check_directory(args.dir)
+    if problem is not None:
+        parser.error(f"--dir: {problem}")
+    fleet = Fleet(
+        args.clusters,
+        directory=args.dir,
+        rollout_seconds=args.rollout_seconds,
+        control_port=args.control_port,
+        seed=args.seed,
+    )
+    try:
+        asyncio.run(_serve(fleet))
+    except OSError as exc:
+        print(f"sandbox: cannot start: {exc}", file=sys.stderr)
+        return 1
+    print("sandbox stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
