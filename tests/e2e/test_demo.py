@@ -1,0 +1,119 @@
+"""`make demo`'s runner end to end: Prefect UI up, sandbox clusters usable by kubectl, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(x) for x in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_demo_serves_the_ui_and_the_fleet_then_stops_everything(tmp_path: Path) -> None:
+    ui_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLEETOPS_"))}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.demo", "--clusters", "3", "--dir", str(tmp_path),
+         "--ui-port", str(ui_port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 150
+        for line in demo.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line or time.monotonic() > deadline:
+                break
+        output = "".join(lines)
+        assert "Press Ctrl-C" in output, output
+        assert f"Prefect UI        http://127.0.0.1:{ui_port}" in output
+        children = _descendants(demo.pid)
+        assert children, "the demo started no processes"
+
+        # The UI is served and told to talk to this port's API.
+        status, body = _get(f"http://127.0.0.1:{ui_port}/")
+        assert status == 200
+        assert b"<html" in body.lower()
+        settings = json.loads(_get(f"http://127.0.0.1:{ui_port}/ui-settings")[1])
+        assert settings["api_url"] == f"http://127.0.0.1:{ui_port}/api"
+        assert _get(f"http://127.0.0.1:{ui_port}/api/health")[1] == b"true"
+
+        # The sandbox clusters work with kubectl from the printed kubeconfig.
+        kubeconfig = tmp_path / "sandbox" / "kubeconfig"
+        contexts = subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig), "config", "get-contexts", "-o", "name"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert len(contexts) == 3
+        namespaces = subprocess.run(
+            ["kubectl", "--kubeconfig", str(kubeconfig), "--context", contexts[-1], "get", "ns",
+             "-o", "name"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert "namespace/default" in namespaces
+        demo_env = (tmp_path / "demo.env").read_text()
+        assert f"PREFECT_API_URL=http://127.0.0.1:{ui_port}/api" in demo_env
+        assert oct((tmp_path / "demo.env").stat().st_mode & 0o777) == "0o600"
+        cluster_ports = [
+            int(line.rsplit(":", 1)[1])
+            for line in kubeconfig.read_text().splitlines()
+            if line.strip().startswith("server: https://127.0.0.1:")
+        ]
+        assert len(cluster_ports) == 3
+    finally:
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, rest
+    assert "no process left behind" in rest
+    assert [pid for pid in children if _pid_alive(pid)] == []
+    assert not _port_open(ui_port)
+    assert [port for port in cluster_ports if _port_open(port)] == []
