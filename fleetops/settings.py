@@ -8,16 +8,45 @@ Nothing here opens a connection; clients get their settings passed in explicitly
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AnyHttpUrl, BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fleetops.domain.sources import (
+    AwsRegion,
+    AzureSubscriptionId,
+    EksAccount,
+    GcpProjectId,
+    StaticSourceName,
+)
 
 
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
+
+
+def _split_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, or items separated by commas/blanks."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item for item in text.replace(",", " ").split() if item]
+    return value
+
+
+# List settings read from ``a,b,c`` or ``["a", "b"]`` (pydantic-settings' JSON-only default would
+# make ``FLEETOPS_EKS_REGIONS=us-east-1,eu-west-1`` an error).
+_FromList = BeforeValidator(_split_list)
+EksAccounts = Annotated[tuple[EksAccount, ...], NoDecode, _FromList]
+AwsRegions = Annotated[tuple[AwsRegion, ...], NoDecode, _FromList]
+GcpProjects = Annotated[tuple[GcpProjectId, ...], NoDecode, _FromList]
+AzureSubscriptions = Annotated[tuple[AzureSubscriptionId, ...], NoDecode, _FromList]
 
 
 class KubeSettings(BaseSettings):
@@ -69,6 +98,127 @@ class VaultSettings(BaseSettings):
     ca_cert: Path | None = Field(default=None, description="CA bundle for Vault's TLS certificate.")
 
 
+class AwsSettings(BaseSettings):
+    """How boto3 reaches AWS. Credentials come from the standard AWS chain (environment,
+    shared config, SSO, instance/pod role); nothing secret is configured here."""
+
+    model_config = _config("FLEETOPS_AWS_")
+
+    endpoint_url: str | None = Field(
+        default=None,
+        description="One endpoint for every AWS service (the sandbox's moto); default AWS's own "
+        "(boto3 also honours AWS_ENDPOINT_URL).",
+    )
+    retry_mode: Literal["standard", "adaptive"] = Field(
+        default="adaptive",
+        description="botocore retry mode for throttling and transient errors; 'adaptive' also "
+        "rate-limits the client when AWS throttles it.",
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, le=30, description="botocore attempts per call, the first included."
+    )
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, description="TCP connect timeout.")
+    read_timeout_seconds: float = Field(default=30.0, gt=0, description="Read timeout per call.")
+
+
+class EksSettings(BaseSettings):
+    """EKS discovery: accounts x regions."""
+
+    model_config = _config("FLEETOPS_EKS_")
+
+    accounts: EksAccounts = Field(
+        default=(),
+        description="Accounts, comma-separated: a 12-digit id uses the ambient credentials "
+        "(which must belong to it), a role ARN is assumed (arn:aws:iam::ID:role/NAME).",
+    )
+    regions: AwsRegions = Field(
+        default=(), description="Regions to list in every account, comma-separated."
+    )
+    page_size: int = Field(
+        default=100, ge=1, le=100, description="list_clusters maxResults (EKS allows 1-100)."
+    )
+    max_workers: int = Field(
+        default=8, ge=1, le=64, description="Concurrent describe_cluster calls per discovery."
+    )
+    role_session_name: str = Field(
+        default="fleetops-discovery",
+        pattern=r"^[\w+=,.@-]{2,64}$",
+        description="RoleSessionName of assumed roles (shows in CloudTrail).",
+    )
+
+
+class GkeSettings(BaseSettings):
+    """GKE discovery: every location of every project."""
+
+    model_config = _config("FLEETOPS_GKE_")
+
+    projects: GcpProjects = Field(default=(), description="Project ids, comma-separated.")
+    endpoint: str | None = Field(
+        default=None,
+        description="API endpoint of the GKE API (e.g. http://127.0.0.1:PORT for the sandbox); "
+        "default container.googleapis.com.",
+    )
+    access_token: SecretStr | None = Field(
+        default=None,
+        description="A Google OAuth access token to use instead of Application Default "
+        "Credentials (the sandbox, or a token minted elsewhere; it is not refreshed).",
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one API call.")
+    retry_deadline_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long google-api-core keeps retrying throttling (429) and 5xx answers.",
+    )
+
+
+class AksSettings(BaseSettings):
+    """AKS discovery: every managed cluster of every subscription."""
+
+    model_config = _config("FLEETOPS_AKS_")
+
+    subscriptions: AzureSubscriptions = Field(
+        default=(), description="Subscription ids (GUIDs), comma-separated."
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Azure Resource Manager URL; default https://management.azure.com.",
+    )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="CA bundle that signs the ARM endpoint's certificate (the sandbox's); "
+        "default the system trust store.",
+    )
+    access_token: SecretStr | None = Field(
+        default=None,
+        description="A static ARM bearer token to use instead of DefaultAzureCredential "
+        "(the sandbox; it is not refreshed).",
+    )
+    retry_total: int = Field(
+        default=6, ge=0, le=20, description="azure-core retries (it honours Retry-After)."
+    )
+    max_workers: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Concurrent listClusterUserCredential calls (for the CA) per discovery.",
+    )
+
+
+class StaticSettings(BaseSettings):
+    """Static clusters: contexts of a kubeconfig (``FLEETOPS_KUBECONFIG``) and the fleet file."""
+
+    model_config = _config("FLEETOPS_STATIC_")
+
+    fleet_file: Path | None = Field(
+        default=Path("deployments/clusters.yaml"),
+        description="The fleet file: static clusters and label overrides (skipped if absent).",
+    )
+    kubeconfig_source: StaticSourceName = Field(
+        default="kubeconfig",
+        description="Source name (the 'account' part of ids) of FLEETOPS_KUBECONFIG's contexts.",
+    )
+
+
 class Settings(BaseSettings):
     """All fleetops settings."""
 
@@ -83,3 +233,8 @@ class Settings(BaseSettings):
     inventory: InventorySettings = Field(default_factory=InventorySettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    eks: EksSettings = Field(default_factory=EksSettings)
+    gke: GkeSettings = Field(default_factory=GkeSettings)
+    aks: AksSettings = Field(default_factory=AksSettings)
+    static: StaticSettings = Field(default_factory=StaticSettings)
