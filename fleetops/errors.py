@@ -7,7 +7,9 @@ failure policy without knowing which SDK was involved::
 
     FleetopsError
     ├── ConfigError                 bad settings, parameters or files; fix the input, never retried
-    │   └── SelectorError           a label selector that does not parse
+    │   ├── SelectorError           a label selector that does not parse
+    │   ├── PlanningError           a rollout cannot be planned (clusters in no wave, ...)
+    │   └── VersionBlocked          the version is on the app's blocklist
     ├── InventoryError              the inventory store failed or holds no such record
     │   └── ClusterNotFound
     └── ClientError                 an external system (cluster, cloud API, Vault, Slack) failed
@@ -37,6 +39,14 @@ class ConfigError(FleetopsError):
 
 class SelectorError(ConfigError):
     """A label selector that does not parse."""
+
+
+class PlanningError(ConfigError):
+    """The rollout cannot be planned: clusters in no wave, unreachable targets, bad inputs."""
+
+
+class VersionBlocked(ConfigError):
+    """The version is on the app's blocklist (it was rolled back) and may not be rolled out."""
 
 
 class InventoryError(FleetopsError):
