@@ -114,7 +114,7 @@ def test_migrate_creates_the_file_and_schema_and_is_repeatable(tmp_path: Path) -
     store.close()
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0001",)
+            ("0002",)
         ]
         columns = [row[1] for row in connection.execute("PRAGMA table_info(clusters)")]
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -30,28 +31,30 @@ def test_repository_keeps_every_contract() -> None:
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     lines = ["[tool.importlinter]"]
-    lines += [f"root_packages = {contracts['root_packages']!r}".replace("'", '"')]
+    lines += [f"root_packages = {json.dumps(contracts['root_packages'])}"]
     lines += ["include_external_packages = true", ""]
     for contract in contracts["contracts"]:
         lines.append("[[tool.importlinter.contracts]]")
         for key, value in contract.items():
-            lines.append(f"{key} = {value!r}".replace("'", '"'))
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars and lists are TOML
         lines.append("")
     (tmp_path / "pyproject.toml").write_text("\n".join(lines))
-    packages = [
-        "fleetops",
-        "fleetops/domain",
-        "fleetops/clients",
-        "fleetops/inventory",
-        "flows",
-        "tasks",
-        "sandbox",
-    ]
-    for package in packages:
-        (tmp_path / package).mkdir(parents=True, exist_ok=True)
-        (tmp_path / package / "__init__.py").write_text("")
-    for module in ("cli", "settings", "errors", "redaction"):
-        (tmp_path / "fleetops" / f"{module}.py").write_text("")
+    # Every module a contract names exists in the scratch tree, as an empty package.
+    named = {
+        module.strip()
+        for contract in contracts["contracts"]
+        for key in ("layers", "source_modules")
+        for entry in contract.get(key, [])
+        for module in entry.split("|")
+    }
+    for module in named | set(contracts["root_packages"]):
+        if module.split(".")[0] not in contracts["root_packages"]:
+            continue
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            package = tmp_path.joinpath(*parts[:depth])
+            package.mkdir(exist_ok=True)
+            (package / "__init__.py").touch()
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     return tmp_path
