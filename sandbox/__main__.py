@@ -1,8 +1,11 @@
 """``python -m sandbox up --clusters N --dir DIR``: run a sandbox fleet until interrupted.
 
-Prints one line when every cluster listens and the files are written, serves until SIGINT or
-SIGTERM, then shuts down cleanly and exits 0. Source ``DIR/sandbox.env`` (``set -a; . DIR/sandbox.env;
-set +a``) to point fleetops at the fleet.
+Brings up N Kubernetes API servers and, unless switched off, every service around them: AWS
+(moto: EKS, Route 53), GKE, AKS, Vault (the real OpenBao server, a child process) and Slack,
+with the clusters spread over EKS, GKE, AKS and the static sources (see
+:mod:`sandbox.placement`). Prints ONE line when everything listens and the files are written,
+serves until SIGINT or SIGTERM, then stops everything (bao included) and exits 0. Source
+``DIR/sandbox.env`` (``set -a; . DIR/sandbox.env; set +a``) to point fleetops at the sandbox.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sandbox.fleet import Fleet
+from sandbox.fleet import SERVICES, Fleet
 
 EXIT_USAGE = 2
 
@@ -70,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the control endpoint on 127.0.0.1 (default: a free one)",
     )  # fmt: skip
     up.add_argument("--seed", type=int, default=None, help="seed for the fault error rate")
+    for service, what in (
+        ("aws", "AWS (moto: EKS, Route 53)"),
+        ("gke", "the GKE API"),
+        ("aks", "the AKS (ARM) API"),
+        ("vault", "Vault (OpenBao)"),
+        ("slack", "the Slack Web API"),
+    ):
+        up.add_argument(
+            f"--no-{service}", dest="without", action="append_const", const=service,
+            help=f"do not start {what}",
+        )  # fmt: skip
+    up.add_argument(
+        "--no-services", dest="without", action="append_const", const="all",
+        help="clusters only (every cluster a context of the static kubeconfig)",
+    )  # fmt: skip
     up.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
     return parser
 
@@ -94,13 +112,24 @@ async def _serve(fleet: Fleet) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     def ready(fleet: Fleet) -> None:
-        print(
-            f"sandbox ready: {len(fleet.names)} clusters, kubeconfig {fleet.kubeconfig_path}, "
-            f"settings {fleet.env_path}, control {fleet.control_url}",
-            flush=True,
-        )
+        print(ready_line(fleet), flush=True)
 
     await fleet.run_forever(stop, on_ready=ready)
+
+
+def ready_line(fleet: Fleet) -> str:
+    """``sandbox ready: 12 clusters (eks 3, gke 3, aks 2, static 4), services aws,..., ...``"""
+    counts: dict[str, int] = {}
+    for name in fleet.names:
+        provider = fleet.placement(name).provider
+        counts[provider] = counts.get(provider, 0) + 1
+    spread = ", ".join(f"{p} {counts[p]}" for p in ("eks", "gke", "aks", "static") if p in counts)
+    services = ",".join(fleet.services) or "none"
+    return (
+        f"sandbox ready: {len(fleet.names)} clusters ({spread}), services {services}, "
+        f"kubeconfig {fleet.kubeconfig_path}, settings {fleet.env_path}, "
+        f"control {fleet.control_url}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,16 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_directory(args.dir)
     if problem is not None:
         parser.error(f"--dir: {problem}")
+    without = set(args.without or ())
+    services = () if "all" in without else tuple(s for s in SERVICES if s not in without)
     fleet = Fleet(
         args.clusters,
         directory=args.dir,
         rollout_seconds=args.rollout_seconds,
         control_port=args.control_port,
         seed=args.seed,
+        services=services,
     )
+    from sandbox.vault import VaultServerError
+
     try:
         asyncio.run(_serve(fleet))
-    except OSError as exc:
+    except (OSError, VaultServerError) as exc:
         print(f"sandbox: cannot start: {exc}", file=sys.stderr)
         return 1
     print("sandbox stopped", flush=True)

@@ -1,30 +1,57 @@
-"""Many sandbox Kubernetes clusters in one process, and the files that point clients at them.
+"""Many sandbox Kubernetes clusters in one process, the services around them, and the files
+that point clients at them.
 
 A :class:`Fleet` runs N :class:`~sandbox.kube.cluster.SandboxCluster` objects on ONE asyncio
 loop, each behind its own HTTPS listener on ``127.0.0.1`` (a random free port), with its own CA
-and its own bearer token. Clients find them through ``DIR/kubeconfig`` (one context per cluster,
-named after it, CA embedded), the demo through ``DIR/sandbox.env`` (``FLEETOPS_*`` settings) and
-tools through ``DIR/fleet.json``.
+and its own bearer token. With ``services`` it also runs, all on 127.0.0.1:
+
+- ``aws``: moto (EKS, Route 53, STS, IAM; :mod:`sandbox.clouds.aws`) publishing the EKS clusters;
+  EKS clusters accept real ``k8s-aws-v1.`` tokens for themselves;
+- ``gke``: the GKE API (:mod:`sandbox.clouds.gke`) publishing the GKE clusters, which accept
+  the Google access token; one more project answers 403;
+- ``aks``: ARM for AKS (:mod:`sandbox.clouds.aks`, HTTPS) publishing the AKS clusters, whose
+  ``listClusterUserCredential`` kubeconfig carries a per-cluster user token; one more
+  subscription answers 403;
+- ``vault``: the real OpenBao server (:mod:`sandbox.vault`), seeded: KV v2 secrets, AppRole and
+  Kubernetes auth against the first cluster's TokenReview (every cluster accepts service-account
+  tokens it issued: :meth:`Fleet.service_account_token`);
+- ``slack``: the Slack Web API stand-in (:mod:`sandbox.slack`).
+
+Where each cluster is published is decided by :func:`sandbox.placement.place`: every cluster
+appears in exactly one discovery source (EKS, GKE, AKS, the static kubeconfig, or the fleet
+file). Without cloud services every cluster is a context of the static kubeconfig.
+
+Files in the fleet's directory:
+
+- ``kubeconfig``: every cluster (one context each, named after it, admin token), for kubectl;
+- ``static-kubeconfig``: only the clusters of the kubeconfig source (``FLEETOPS_KUBECONFIG``);
+- ``clusters.yaml``: the fleet file (schema ``fleetops.domain.sources.FleetFile``) listing the
+  fleet-file clusters, each a context of ``kubeconfig``;
+- ``sandbox.env`` (mode 0600): ``FLEETOPS_*`` and ``AWS_*`` settings pointing fleetops at all
+  of it; ``fleet.json``: every cluster's provider, account, location and labels, and every
+  service's address (no secrets); ``aks-ca.pem``: the AKS endpoint's CA; ``vault/bao.log``.
 
 Tokens are checked fleet-wide, so a client that mixes up clusters gets what a real, separately
 authenticated cluster would make obvious: no token or an unknown one is 401, another cluster's
 token is 403 naming that token's user (``<cluster>-admin``).
 
 Faults are switched at run time through the Python API (:meth:`Fleet.set_faults`,
-:meth:`Fleet.outage`) or the plain-HTTP control endpoint (see :mod:`sandbox.control`). An
-outage closes the cluster's listening socket and drops its open connections, so clients see
-"connection refused"; when it ends the cluster listens on the same port again.
+:meth:`Fleet.outage`, :meth:`Fleet.set_service_faults`) or the plain-HTTP control endpoint (see
+:mod:`sandbox.control`). An outage closes the listening socket and drops open connections, so
+clients see "connection refused"; when it ends the service listens on the same port again.
 
-Two ways to run: ``async with``-style from a running loop (:meth:`Fleet.start` /
-:meth:`Fleet.stop`, :meth:`Fleet.run_forever` for the CLI), or in a background thread for
-tests (``with Fleet(...) as fleet:`` / :meth:`Fleet.start_in_thread` and :meth:`Fleet.close`).
+Two ways to run: from a running loop (:meth:`Fleet.start` / :meth:`Fleet.stop`,
+:meth:`Fleet.run_forever` for the CLI), or in a background thread for tests
+(``with Fleet(...) as fleet:`` / :meth:`Fleet.start_in_thread` and :meth:`Fleet.close`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import hmac
 import json
 import logging
 import os
@@ -36,20 +63,41 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from aiohttp import web
 
+from sandbox.clouds.common import (
+    AKS_SUBSCRIPTIONS,
+    AWS_REGIONS,
+    GKE_PROJECTS,
+    CloudCluster,
+    Listener,
+    ProviderFaults,
+    ProviderFaultsError,
+)
 from sandbox.control import control_app
 from sandbox.kube.certs import ClusterCerts, issue_cluster_certs
 from sandbox.kube.cluster import AuthResult, ClusterSpec, SandboxCluster
 from sandbox.kube.faults import Faults
+from sandbox.kube.satokens import ServiceAccountIssuer
+from sandbox.placement import CLOUD_PROVIDERS, Placement, place
+
+if TYPE_CHECKING:
+    from sandbox.clouds.aks import AksSandbox
+    from sandbox.clouds.aws import AwsSandbox
+    from sandbox.clouds.gke import GkeSandbox
+    from sandbox.slack import SlackServer
+    from sandbox.vault import VaultSeed, VaultServer
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +105,34 @@ T = TypeVar("T")
 
 HOST = "127.0.0.1"
 KUBECONFIG = "kubeconfig"
+STATIC_KUBECONFIG = "static-kubeconfig"
+FLEET_FILE = "clusters.yaml"
 SANDBOX_ENV = "sandbox.env"
 FLEET_JSON = "fleet.json"
+VAULT_DIR = "vault"
+
+#: every service a fleet can run beside its clusters (the CLI's default: all of them)
+SERVICES: tuple[str, ...] = ("aws", "gke", "aks", "vault", "slack")
+#: the cloud provider whose clusters a cloud service publishes
+PROVIDER_OF_SERVICE = {"aws": "eks", "gke": "gke", "aks": "aks"}
+
+#: a project / subscription the sandbox's caller may not read (403), for fault tests
+GKE_FORBIDDEN_PROJECT = "fleetops-restricted"
+AKS_FORBIDDEN_SUBSCRIPTION = "00000000-0000-4000-8000-0000000000ff"
+#: who the GKE access token is (a Google service account), as GKE clusters report it
+GKE_IDENTITY = "fleetops-discovery@fleetops-prod.iam.gserviceaccount.com"
+SLACK_CHANNEL = "fleetops"
+#: the service account Vault's Kubernetes auth role admits (namespace, name)
+VAULT_SERVICE_ACCOUNT = ("fleetops", "fleetops")
+
+MASTERS = ("system:masters", "system:authenticated")
+UNAUTHORIZED = AuthResult(ok=False, status=401)
 
 #: how long a cluster waits for in-flight requests (watches) when it stops
 SHUTDOWN_TIMEOUT = 1.0
 
 ClusterFactory = Callable[..., SandboxCluster]
+Authenticator = Callable[[str | None], AuthResult]
 
 
 class UnknownClusterError(LookupError):
@@ -72,6 +141,23 @@ class UnknownClusterError(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no cluster named {name!r} in the fleet")
         self.name = name
+
+
+class UnknownServiceError(LookupError):
+    """No service of that name runs in this fleet."""
+
+    def __init__(self, name: str, running: Iterable[str]) -> None:
+        known = ", ".join(running) or "none"
+        super().__init__(f"no service named {name!r} runs in the fleet (running: {known})")
+        self.name = name
+
+
+class ServiceFaultsError(ValueError):
+    """A service fault switch was given a bad value; ``field`` names the switch."""
+
+    def __init__(self, field_name: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
 
 
 def cluster_names(count: int, prefix: str = "sbx") -> list[str]:
@@ -83,8 +169,20 @@ def cluster_names(count: int, prefix: str = "sbx") -> list[str]:
 
 
 def username(cluster: str) -> str:
-    """The user a cluster's token authenticates as (named in 403 answers elsewhere)."""
+    """The user a cluster's admin token authenticates as (named in 403 answers elsewhere)."""
     return f"{cluster}-admin"
+
+
+def aks_username(placement: Placement) -> str:
+    """The user of an AKS cluster's ``listClusterUserCredential`` kubeconfig."""
+    return f"clusterUser_{placement.resource_group}_{placement.name}"
+
+
+@dataclass(frozen=True)
+class _Identity:
+    cluster: str
+    username: str
+    groups: tuple[str, ...] = MASTERS
 
 
 @dataclass(eq=False)
@@ -92,6 +190,9 @@ class _Member:
     name: str
     token: str
     faults: Faults
+    placement: Placement
+    issuer: ServiceAccountIssuer
+    user_token: str = ""
     certs: ClusterCerts | None = None
     cluster: SandboxCluster | None = None
     ssl_context: Any = None
@@ -104,8 +205,20 @@ class _Member:
         return f"https://{HOST}:{self.port}"
 
 
+@dataclass
+class _Services:
+    aws: AwsSandbox | None = None
+    gke: GkeSandbox | None = None
+    aks: AksSandbox | None = None
+    vault: VaultServer | None = None
+    vault_seed: VaultSeed | None = None
+    slack: SlackServer | None = None
+    slack_listener: Listener | None = None
+    started: list[str] = field(default_factory=list)
+
+
 class Fleet:
-    """N sandbox clusters on one loop; see the module docstring."""
+    """N sandbox clusters on one loop, and optionally the services; see the module docstring."""
 
     def __init__(
         self,
@@ -118,36 +231,72 @@ class Fleet:
         seed: int | None = None,
         prefix: str = "sbx",
         cluster_factory: ClusterFactory | None = None,
+        services: Iterable[str] = (),
     ) -> None:
         if rollout_seconds < 0:
             raise ValueError(f"rollout_seconds must be >= 0, got {rollout_seconds}")
         if not 0 <= control_port <= 65535:
             raise ValueError(f"control_port must be 0..65535, got {control_port}")
-        self._names = cluster_names(clusters, prefix)
+        wanted = set(services)
+        unknown = sorted(wanted - set(SERVICES))
+        if unknown:
+            raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(SERVICES)}")
+        self._services = tuple(s for s in SERVICES if s in wanted)
+        providers = tuple(
+            PROVIDER_OF_SERVICE[s] for s in self._services if s in PROVIDER_OF_SERVICE
+        )
+        self._placements = place(clusters, providers=providers, prefix=prefix)
+        self._names = [p.name for p in self._placements]
+        self._placed = bool(providers)
         self._own_directory = directory is None
         self._directory = Path(directory) if directory is not None else None
         self._rollout_seconds = rollout_seconds
         self._kubernetes_version = kubernetes_version
         self._control_port = control_port
+        self._seed = seed
         self._factory: ClusterFactory = cluster_factory or SandboxCluster
         self._members: dict[str, _Member] = {}
-        self._token_owner: dict[str, str] = {}
-        for name in self._names:
-            token = secrets.token_urlsafe(32)
-            rng = random.Random(f"{seed}:{name}") if seed is not None else random.Random()
-            self._members[name] = _Member(name=name, token=token, faults=Faults(rng=rng))
-            self._token_owner[token] = name
+        self._identities: dict[str, _Identity] = {}
+        for placement in self._placements:
+            name = placement.name
+            member = _Member(
+                name=name,
+                token=secrets.token_urlsafe(32),
+                faults=Faults(rng=self._rng(name)),
+                placement=placement,
+                issuer=ServiceAccountIssuer(name),
+            )
+            self._members[name] = member
+            self._identities[member.token] = _Identity(name, username(name))
+            if placement.source == "aks" and "aks" in self._services:
+                member.user_token = secrets.token_urlsafe(32)
+                self._identities[member.user_token] = _Identity(name, aks_username(placement))
+        self._gke_token = f"ya29.sandbox-{secrets.token_urlsafe(40)}" if "gke" in wanted else ""
+        self._aks_token = f"sandbox-arm-{secrets.token_urlsafe(40)}" if "aks" in wanted else ""
+        self._slack_token = f"xoxb-sandbox-{secrets.token_hex(16)}" if "slack" in wanted else ""
+        self._svc = _Services()
+        self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = False
         self._control_runner: web.AppRunner | None = None
         self._control_url = ""
+        self.timings: dict[str, float] = {}
+        """Seconds each start-up phase took (``clusters``, ``aws``, ..., ``total``)."""
+
+    def _rng(self, label: str) -> random.Random:
+        return random.Random(f"{self._seed}:{label}") if self._seed is not None else random.Random()
 
     # -- names, paths, credentials ------------------------------------------------------------
 
     @property
     def names(self) -> list[str]:
         return list(self._names)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services this fleet runs (a subset of :data:`SERVICES`, in that order)."""
+        return self._services
 
     @property
     def directory(self) -> Path:
@@ -157,7 +306,17 @@ class Fleet:
 
     @property
     def kubeconfig_path(self) -> Path:
+        """Every cluster, admin token: for kubectl and people."""
         return self.directory / KUBECONFIG
+
+    @property
+    def static_kubeconfig_path(self) -> Path:
+        """The kubeconfig discovery reads as a static source (``FLEETOPS_KUBECONFIG``)."""
+        return self.directory / (STATIC_KUBECONFIG if self._placed else KUBECONFIG)
+
+    @property
+    def fleet_file_path(self) -> Path:
+        return self.directory / FLEET_FILE
 
     @property
     def env_path(self) -> Path:
@@ -183,6 +342,14 @@ class Fleet:
             raise RuntimeError("the fleet has not been started yet")
         return member.cluster
 
+    def placement(self, name: str) -> Placement:
+        """Where cluster ``name`` is published (source, account, location, labels)."""
+        return self._member(name).placement
+
+    def names_in(self, source: str) -> list[str]:
+        """Clusters of one source: ``eks``, ``gke``, ``aks``, ``kubeconfig`` or ``fleet-file``."""
+        return [p.name for p in self._placements if p.source == source]
+
     def faults(self, name: str) -> Faults:
         return self._member(name).faults
 
@@ -194,7 +361,15 @@ class Fleet:
         return self._member(name).port
 
     def token(self, name: str) -> str:
+        """The cluster's admin token (``<name>-admin``, system:masters)."""
         return self._member(name).token
+
+    def user_token(self, name: str) -> str:
+        """An AKS cluster's user token (the one its ``listClusterUserCredential`` hands out)."""
+        member = self._member(name)
+        if not member.user_token:
+            raise LookupError(f"{name} is not an AKS cluster of a fleet running aks")
+        return member.user_token
 
     def ca_pem(self, name: str) -> bytes:
         certs = self._member(name).certs
@@ -202,11 +377,35 @@ class Fleet:
             raise RuntimeError("the fleet has not been started yet")
         return certs.ca_pem
 
+    def service_account_token(
+        self,
+        name: str,
+        namespace: str = VAULT_SERVICE_ACCOUNT[0],
+        service_account: str = VAULT_SERVICE_ACCOUNT[1],
+        *,
+        audiences: Iterable[str] | None = None,
+        expiration_seconds: int = 3600,
+    ) -> str:
+        """A service-account token cluster ``name`` issued (what a pod there would carry)."""
+        return self._member(name).issuer.mint(
+            namespace,
+            service_account,
+            audiences=audiences,
+            expiration_seconds=expiration_seconds,
+        )
+
     def describe(self, name: str) -> dict[str, Any]:
         """JSON-ready view of one cluster (no token)."""
         member = self._member(name)
+        placement = member.placement
         return {
             "name": member.name,
+            "id": placement.id,
+            "provider": placement.provider,
+            "source": placement.source,
+            "account": placement.account,
+            "location": placement.location,
+            "labels": dict(placement.labels),
             "server": member.server,
             "port": member.port,
             "context": member.name,
@@ -215,7 +414,175 @@ class Fleet:
             "faults": member.faults.to_dict(),
         }
 
-    # -- faults -----------------------------------------------------------------------------
+    # -- services -----------------------------------------------------------------------------
+
+    @property
+    def aws(self) -> AwsSandbox:
+        return self._service_object("aws", self._svc.aws)
+
+    @property
+    def gke(self) -> GkeSandbox:
+        return self._service_object("gke", self._svc.gke)
+
+    @property
+    def aks(self) -> AksSandbox:
+        return self._service_object("aks", self._svc.aks)
+
+    @property
+    def vault(self) -> VaultServer:
+        return self._service_object("vault", self._svc.vault)
+
+    @property
+    def vault_seed(self) -> VaultSeed:
+        return self._service_object("vault", self._svc.vault_seed)
+
+    @property
+    def slack(self) -> SlackServer:
+        return self._service_object("slack", self._svc.slack)
+
+    @property
+    def slack_url(self) -> str:
+        """``http://127.0.0.1:PORT/api/``: slack_sdk's ``base_url``."""
+        listener = self._service_object("slack", self._svc.slack_listener)
+        return f"{listener.url}/api/"
+
+    @property
+    def gke_access_token(self) -> str:
+        self._service_object("gke", self._gke_token or None)
+        return self._gke_token
+
+    @property
+    def aks_access_token(self) -> str:
+        self._service_object("aks", self._aks_token or None)
+        return self._aks_token
+
+    @property
+    def slack_token(self) -> str:
+        self._service_object("slack", self._slack_token or None)
+        return self._slack_token
+
+    def _service_object(self, name: str, value: T | None) -> T:
+        if name not in self._services:
+            raise UnknownServiceError(name, self._services)
+        if value is None:
+            raise RuntimeError(f"the fleet's {name} service has not been started yet")
+        return value
+
+    def running_services(self) -> list[str]:
+        """The services that are up (listening or in an outage), in :data:`SERVICES` order."""
+        return [s for s in SERVICES if s in self._svc.started]
+
+    async def describe_service(self, name: str) -> dict[str, Any]:
+        """JSON-ready view of one service: where it listens and its switches (no secrets)."""
+        faults = await self.service_faults_async(name)
+        svc = self._svc
+        info: dict[str, Any] = {"name": name, "faults": faults}
+        if name == "aws" and svc.aws is not None:
+            info |= {"url": svc.aws.endpoint_url, "listening": not svc.aws.faults.outage}
+        elif name == "gke" and svc.gke is not None:
+            info |= {"url": svc.gke.url, "listening": not svc.gke.faults.outage}
+        elif name == "aks" and svc.aks is not None:
+            info |= {"url": svc.aks.url, "listening": not svc.aks.faults.outage}
+        elif name == "slack" and svc.slack_listener is not None:
+            info |= {"url": self.slack_url, "listening": svc.slack_listener.listening}
+        elif name == "vault" and svc.vault is not None:
+            info |= {"url": svc.vault.addr, "listening": not svc.vault.outage, "pid": svc.vault.pid}
+        return info
+
+    async def service_faults_async(self, name: str) -> dict[str, Any]:
+        """A running service's fault switches (from inside the fleet's loop)."""
+        self._running_service(name)
+        svc = self._svc
+        if name == "aws" and svc.aws is not None:
+            return svc.aws.faults.to_dict()
+        if name == "gke" and svc.gke is not None:
+            return svc.gke.faults.to_dict()
+        if name == "aks" and svc.aks is not None:
+            return svc.aks.faults.to_dict()
+        if name == "slack" and svc.slack is not None:
+            return svc.slack.faults.to_dict()
+        assert name == "vault"
+        assert svc.vault is not None
+        return dict(await self._in_thread(svc.vault.faults))
+
+    async def apply_service_faults(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change a service's fault switches (inside the fleet's loop); returns the switches.
+
+        aws, gke, aks: ``latency_seconds``, ``error_rate`` (the provider's throttling error),
+        ``retry_after_seconds``, ``outage``. slack: see :class:`sandbox.slack.SlackFaults`
+        (``rate_limited``, ``rate_limited_calls``, ``error``, ``error_rate``, ``outage``, ...).
+        vault: ``outage`` (connections refused; bao keeps its data) and ``sealed``.
+        Raises :class:`UnknownServiceError` or :class:`ServiceFaultsError` (nothing changes).
+        """
+        self._running_service(name)
+        svc = self._svc
+        try:
+            if name == "aws" and svc.aws is not None:
+                svc.aws.faults.update(**changes)  # validate everything before blocking a thread
+                return dict(await self._in_thread(svc.aws.apply_faults, **changes))
+            if name == "gke" and svc.gke is not None:
+                return await svc.gke.apply_faults(**changes)
+            if name == "aks" and svc.aks is not None:
+                return await svc.aks.apply_faults(**changes)
+            if name == "slack" and svc.slack is not None and svc.slack_listener is not None:
+                from sandbox.slack import SlackFaultsError
+
+                try:
+                    result = svc.slack.faults.update(**changes)
+                except SlackFaultsError as exc:
+                    raise ServiceFaultsError(exc.field, str(exc)) from None
+                if svc.slack.faults.outage:
+                    await svc.slack_listener.pause()
+                else:
+                    await svc.slack_listener.resume()
+                return result
+        except ProviderFaultsError as exc:
+            raise ServiceFaultsError(exc.field, str(exc)) from None
+        assert name == "vault"
+        assert svc.vault is not None
+        for switch, value in changes.items():
+            if switch not in ("outage", "sealed"):
+                raise ServiceFaultsError(
+                    switch, f"{switch}: unknown Vault fault switch (known: outage, sealed)"
+                )
+            if not isinstance(value, bool):
+                raise ServiceFaultsError(switch, f"{switch}: must be true or false, got {value!r}")
+        return dict(await self._in_thread(svc.vault.update_faults, **changes))
+
+    async def reset_service_faults_async(self, name: str | None = None) -> None:
+        for service in [name] if name is not None else self.running_services():
+            self._running_service(service)
+            if service == "slack":
+                from sandbox.slack import SlackFaults
+
+                defaults = SlackFaults().to_dict()
+            elif service == "vault":
+                defaults = {"sealed": False, "outage": False}
+            else:
+                defaults = ProviderFaults().to_dict()
+            await self.apply_service_faults(service, defaults)
+
+    def service_faults(self, name: str) -> dict[str, Any]:
+        """A running service's switches (from any thread but the fleet's own)."""
+        return self._call(self.service_faults_async(name))
+
+    def set_service_faults(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change a running service's switches (from any thread but the fleet's own)."""
+        return self._call(self.apply_service_faults(name, changes))
+
+    def service_outage(self, name: str, on: bool) -> dict[str, Any]:
+        """Start or end a service's outage: its connections are refused."""
+        return self.set_service_faults(name, outage=on)
+
+    def reset_service_faults(self, name: str | None = None) -> None:
+        """Every switch of one service (or of every service) back to off."""
+        self._call(self.reset_service_faults_async(name))
+
+    def _running_service(self, name: str) -> None:
+        if name not in self._svc.started:
+            raise UnknownServiceError(name, self.running_services())
+
+    # -- cluster faults -----------------------------------------------------------------------
 
     async def apply_faults(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change fault switches from inside the fleet's loop; returns the new switches.
@@ -263,26 +630,41 @@ class Fleet:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every cluster and the control endpoint, then write the files."""
+        """Start the control endpoint, every cluster and service, then write the files."""
         if self._started or self._loop is not None:
             raise RuntimeError("the fleet is already started")
         self._loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        vault_boot: asyncio.Future[None] | None = None
         try:
             self._prepare_directory()
             _raise_open_files_limit(len(self._names) * 4 + 256)
+            await self._start_control()  # first: a port in use fails before anything starts
+            if "vault" in self._services:
+                vault_boot = asyncio.ensure_future(self._boot_vault())  # bao boots meanwhile
+            phase = time.perf_counter()
             with _gc_paused():
                 for name in self._names:
                     await self._start_member(self._members[name])
-            await self._start_control()
+            self.timings["clusters"] = time.perf_counter() - phase
+            await self._start_services(vault_boot)
             self._started = True
             self._write_files()
         except BaseException:
+            if vault_boot is not None:
+                await asyncio.gather(vault_boot, return_exceptions=True)
             await self._teardown()
             raise
-        log.info("sandbox fleet started: %d clusters in %s", len(self._names), self.directory)
+        self.timings["total"] = time.perf_counter() - began
+        log.info(
+            "sandbox fleet started: %d clusters, services %s in %s",
+            len(self._names),
+            ", ".join(self._services) or "none",
+            self.directory,
+        )
 
     async def stop(self) -> None:
-        """Stop listening, stop every cluster's controllers; safe to call twice."""
+        """Stop every service, stop listening, stop every cluster; safe to call twice."""
         if self._loop is None:
             return
         await self._teardown()
@@ -306,7 +688,7 @@ class Fleet:
             await self.stop()
 
     def start_in_thread(self, *, timeout: float = 120.0) -> Fleet:
-        """Run the fleet's loop in a daemon thread; returns once every cluster listens."""
+        """Run the fleet's loop in a daemon thread; returns once everything listens."""
         if self._thread is not None:
             raise RuntimeError("the fleet is already running in a thread")
         loop = asyncio.new_event_loop()
@@ -370,23 +752,42 @@ class Fleet:
         except FutureTimeoutError as exc:
             raise TimeoutError("the fleet's loop did not answer in time") from exc
 
-    def _authenticator(self, name: str) -> Callable[[str | None], AuthResult]:
-        owners = self._token_owner
+    async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call (moto, bao, hvac) in the fleet's worker threads."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sandbox-svc")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(function, *args, **kwargs)
+        )
+
+    def _authenticator(self, member: _Member) -> Authenticator:
+        """Tokens this cluster accepts: its admin token (and AKS user token), the GKE access
+        token on GKE clusters, service-account tokens it issued. Another cluster's token is 403
+        naming that token's user; anything else is 401."""
+        identities = self._identities
+        gke_token = self._gke_token if member.placement.source == "gke" else ""
+        issuer = member.issuer
+        name = member.name
 
         def authenticate(token: str | None) -> AuthResult:
-            owner = owners.get(token) if token else None
-            if owner is None:
-                return AuthResult(ok=False, status=401)
-            if owner != name:
-                return AuthResult(
-                    ok=False, status=403, username=username(owner), groups=("system:authenticated",)
-                )
-            return AuthResult(
-                ok=True,
-                status=200,
-                username=username(owner),
-                groups=("system:masters", "system:authenticated"),
-            )
+            if not token:
+                return UNAUTHORIZED
+            identity = identities.get(token)
+            if identity is not None:
+                if identity.cluster != name:
+                    return AuthResult(
+                        ok=False, status=403, username=identity.username,
+                        groups=("system:authenticated",),
+                    )  # fmt: skip
+                return AuthResult(True, 200, identity.username, identity.groups)
+            if gke_token and hmac.compare_digest(token.encode(), gke_token.encode()):
+                return AuthResult(True, 200, GKE_IDENTITY, MASTERS)
+            if token.count(".") == 2:
+                user = issuer.authenticate(token)
+                if user is not None:
+                    return AuthResult(True, 200, user.username, user.groups, uid=user.uid)
+            return UNAUTHORIZED
 
         return authenticate
 
@@ -403,7 +804,7 @@ class Fleet:
         member.cluster = self._factory(
             ClusterSpec(**spec_kwargs),
             faults=member.faults,
-            authenticator=self._authenticator(member.name),
+            authenticator=self._authenticator(member),
         )
         await member.cluster.start()
         member.runner = web.AppRunner(
@@ -413,6 +814,125 @@ class Fleet:
         await self._open_listener(member)
         if member.faults.outage:
             await self._close_listener(member)
+
+    def _cloud_clusters(self, provider: str) -> list[CloudCluster]:
+        records = []
+        for placement in self._placements:
+            if placement.source != provider:
+                continue
+            member = self._members[placement.name]
+            assert member.certs is not None
+            assert member.cluster is not None
+            records.append(
+                CloudCluster(
+                    provider=provider,  # type: ignore[arg-type]
+                    account=placement.account,
+                    location=placement.location,
+                    name=placement.name,
+                    endpoint=member.server,
+                    ca_pem=member.certs.ca_pem.decode("ascii"),
+                    kubernetes_version=member.cluster.spec.kubernetes_version,
+                    labels=dict(placement.labels),
+                    resource_group=placement.resource_group,
+                )
+            )
+        return records
+
+    async def _boot_vault(self) -> None:
+        from sandbox.vault import VaultServer
+
+        began = time.perf_counter()
+        workdir = self.directory / VAULT_DIR
+        workdir.mkdir(mode=0o700, exist_ok=True)  # bao.log shows the root token
+        workdir.chmod(0o700)
+        self._svc.vault = VaultServer(workdir)
+        self._svc.started.append("vault")  # from here on, teardown stops bao
+        await self._in_thread(self._svc.vault.start)
+        self.timings["vault_boot"] = time.perf_counter() - began
+
+    async def _start_services(self, vault_boot: asyncio.Future[None] | None) -> None:
+        svc = self._svc
+        if "aws" in self._services:
+            from sandbox.clouds.aws import AwsSandbox, eks_authenticator
+
+            phase = time.perf_counter()
+            svc.aws = AwsSandbox(
+                self._cloud_clusters("eks"),
+                faults=ProviderFaults(rng=self._rng("aws")),
+                dns_regions=AWS_REGIONS,
+            )
+            svc.started.append("aws")
+            await self._in_thread(svc.aws.start)
+            for name in self.names_in("eks"):
+                member = self._members[name]
+                assert member.cluster is not None
+                member.cluster.authenticator = eks_authenticator(
+                    svc.aws, cluster_name=name, fallback=self._authenticator(member)
+                )
+            self.timings["aws"] = time.perf_counter() - phase
+        if "gke" in self._services:
+            from sandbox.clouds.gke import GkeSandbox
+
+            phase = time.perf_counter()
+            projects = dict.fromkeys(GKE_PROJECTS, True) | {GKE_FORBIDDEN_PROJECT: False}
+            svc.gke = GkeSandbox(
+                self._cloud_clusters("gke"),
+                access_token=self._gke_token,
+                projects=projects,
+                faults=ProviderFaults(rng=self._rng("gke")),
+            )
+            svc.started.append("gke")
+            await svc.gke.start()
+            self.timings["gke"] = time.perf_counter() - phase
+        if "aks" in self._services:
+            from sandbox.clouds.aks import AksSandbox
+
+            phase = time.perf_counter()
+            members = self._members
+            subscriptions = dict.fromkeys(AKS_SUBSCRIPTIONS, True)
+            subscriptions[AKS_FORBIDDEN_SUBSCRIPTION] = False
+            svc.aks = AksSandbox(
+                self._cloud_clusters("aks"),
+                access_token=self._aks_token,
+                user_token=lambda cluster: members[cluster.name].user_token,
+                subscriptions=subscriptions,
+                faults=ProviderFaults(rng=self._rng("aks")),
+                directory=self.directory,
+            )
+            svc.started.append("aks")
+            await svc.aks.start()
+            self.timings["aks"] = time.perf_counter() - phase
+        if "slack" in self._services:
+            from sandbox.slack import SlackServer
+
+            phase = time.perf_counter()
+            svc.slack = SlackServer(
+                self._slack_token, rng=self._rng("slack"), channels=(SLACK_CHANNEL,)
+            )
+            svc.slack_listener = Listener(svc.slack.app())
+            svc.started.append("slack")
+            await svc.slack_listener.start()
+            self.timings["slack"] = time.perf_counter() - phase
+        if vault_boot is not None:
+            from sandbox.vault import KubernetesAuthTarget
+
+            await vault_boot
+            phase = time.perf_counter()
+            assert svc.vault is not None
+            target = self._members[self._names[0]]
+            assert target.certs is not None
+            namespace, account = VAULT_SERVICE_ACCOUNT
+            svc.vault_seed = await self._in_thread(
+                svc.vault.seed,
+                kubernetes=KubernetesAuthTarget(
+                    host=target.server,
+                    ca_pem=target.certs.ca_pem.decode("ascii"),
+                    namespace=namespace,
+                    service_account=account,
+                    token_reviewer_jwt=target.token,
+                ),
+            )
+            self.timings["vault_seed"] = time.perf_counter() - phase
 
     async def _open_listener(self, member: _Member) -> None:
         assert member.runner is not None
@@ -448,8 +968,28 @@ class Fleet:
             raise
         self._control_url = f"http://{HOST}:{sock.getsockname()[1]}"
 
+    async def _stop_services(self) -> None:
+        svc, started = self._svc, list(self._svc.started)
+        self._svc.started.clear()
+        steps: list[Coroutine[Any, Any, Any]] = []
+        if "slack" in started and svc.slack_listener is not None:
+            steps.append(svc.slack_listener.stop())
+        if "gke" in started and svc.gke is not None:
+            steps.append(svc.gke.stop())
+        if "aks" in started and svc.aks is not None:
+            steps.append(svc.aks.stop())
+        if "aws" in started and svc.aws is not None:
+            steps.append(self._in_thread(svc.aws.stop))
+        if "vault" in started and svc.vault is not None:
+            steps.append(self._in_thread(svc.vault.close))
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("a sandbox service failed to stop cleanly: %r", result)
+
     async def _teardown(self) -> None:
         self._started = False
+        await self._stop_services()
         if self._control_runner is not None:
             await self._control_runner.cleanup()
             self._control_runner = None
@@ -468,6 +1008,9 @@ class Fleet:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("a sandbox cluster failed to stop cleanly: %r", result)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._own_directory and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
@@ -478,34 +1021,177 @@ class Fleet:
         if not os.access(self._directory, os.W_OK | os.X_OK):
             raise PermissionError(f"directory {self._directory} is not writable")
 
+    # -- files --------------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        """The settings ``sandbox.env`` holds: everything fleetops needs to reach the sandbox.
+
+        Secrets (tokens, the AppRole secret id, the AWS secret key) are in here, which is why
+        the file is private (mode 0600). Names under ``FLEETOPS_SANDBOX_`` are the sandbox's own
+        (no fleetops setting reads them).
+        """
+        directory = self.directory.resolve()
+        env = {
+            "FLEETOPS_SANDBOX_DIR": str(directory),
+            "FLEETOPS_SANDBOX_CONTROL_URL": self.control_url,
+            "FLEETOPS_KUBECONFIG": str(directory / self.static_kubeconfig_path.name),
+            "FLEETOPS_STATIC_FLEET_FILE": str(directory / FLEET_FILE),
+        }
+        svc = self._svc
+        if svc.aws is not None:
+            aws = svc.aws
+            env |= aws.environment()
+            env |= {
+                "FLEETOPS_AWS_ENDPOINT_URL": aws.endpoint_url,
+                "FLEETOPS_EKS_ACCOUNTS": ",".join(aws.role_arn(a) for a in aws.accounts),
+                "FLEETOPS_EKS_REGIONS": ",".join(AWS_REGIONS),
+                "FLEETOPS_SANDBOX_ROUTE53_ZONE_ID": aws.hosted_zone_id,
+                "FLEETOPS_SANDBOX_ROUTE53_RECORD": aws.app_hostname,
+            }
+        if svc.gke is not None:
+            env |= {
+                "FLEETOPS_GKE_PROJECTS": ",".join(GKE_PROJECTS),
+                "FLEETOPS_GKE_ENDPOINT": svc.gke.url,
+                "FLEETOPS_GKE_ACCESS_TOKEN": self._gke_token,
+                "FLEETOPS_SANDBOX_GKE_FORBIDDEN_PROJECT": GKE_FORBIDDEN_PROJECT,
+            }
+        if svc.aks is not None:
+            env |= {
+                "FLEETOPS_AKS_SUBSCRIPTIONS": ",".join(AKS_SUBSCRIPTIONS),
+                "FLEETOPS_AKS_BASE_URL": svc.aks.url,
+                "FLEETOPS_AKS_CA_BUNDLE": str(Path(svc.aks.ca_file).resolve()),
+                "FLEETOPS_AKS_ACCESS_TOKEN": self._aks_token,
+                "FLEETOPS_SANDBOX_AKS_FORBIDDEN_SUBSCRIPTION": AKS_FORBIDDEN_SUBSCRIPTION,
+            }
+        if svc.vault is not None and svc.vault_seed is not None:
+            env |= svc.vault_seed.env()
+            env["FLEETOPS_SANDBOX_VAULT_ROOT_TOKEN"] = svc.vault.root_token
+        if svc.slack is not None:
+            env |= {
+                "FLEETOPS_SLACK_TOKEN": self._slack_token,
+                "FLEETOPS_SLACK_BASE_URL": self.slack_url,
+                "FLEETOPS_SLACK_CHANNEL": f"#{SLACK_CHANNEL}",
+            }
+        return env
+
     def _write_files(self) -> None:
         directory = self.directory.resolve()
-        members = [self._members[name] for name in self._names]
-        _write_file(self.kubeconfig_path, self._kubeconfig_text(), private=True)
-        env = {
-            "FLEETOPS_KUBECONFIG": str(directory / KUBECONFIG),
-            "FLEETOPS_SANDBOX_CONTROL_URL": self.control_url,
-            "FLEETOPS_SANDBOX_DIR": str(directory),
-        }
-        env_text = "".join(f"{key}={shlex.quote(value)}\n" for key, value in env.items())
+        _write_file(self.kubeconfig_path, self._kubeconfig_text(self._names), private=True)
+        if self._placed:
+            static = self.names_in("kubeconfig")
+            _write_file(self.static_kubeconfig_path, self._kubeconfig_text(static), private=True)
+        _write_file(self.fleet_file_path, self._fleet_file_text(), private=False)
+        env_text = "".join(
+            f"{key}={shlex.quote(value)}\n" for key, value in self.environment().items()
+        )
         _write_file(self.env_path, env_text, private=True)
-        fleet = {
+        _write_file(
+            self.json_path, json.dumps(self._fleet_json(directory), indent=2) + "\n", private=False
+        )
+
+    def _fleet_json(self, directory: Path) -> dict[str, Any]:
+        counts = Counter(p.provider for p in self._placements)
+        data: dict[str, Any] = {
             "control_url": self.control_url,
             "kubeconfig": str(directory / KUBECONFIG),
+            "static_kubeconfig": str(directory / self.static_kubeconfig_path.name),
+            "fleet_file": str(directory / FLEET_FILE),
+            "env_file": str(directory / SANDBOX_ENV),
+            "providers": dict(sorted(counts.items())),
             "clusters": [
-                {"name": m.name, "server": m.server, "port": m.port, "context": m.name}
-                for m in members
+                {
+                    key: value
+                    for key, value in self.describe(name).items()
+                    if key not in ("faults", "listening")
+                }
+                | (
+                    {"resource_group": self._members[name].placement.resource_group}
+                    if self._members[name].placement.source == "aks"
+                    else {}
+                )
+                for name in self._names
             ],
+            "services": {},
         }
-        _write_file(self.json_path, json.dumps(fleet, indent=2) + "\n", private=False)
+        svc = self._svc
+        services: dict[str, Any] = data["services"]
+        if svc.aws is not None:
+            services["aws"] = {
+                "endpoint_url": svc.aws.endpoint_url,
+                "accounts": svc.aws.accounts,
+                "role_arns": [svc.aws.role_arn(a) for a in svc.aws.accounts],
+                "regions": list(AWS_REGIONS),
+                "hosted_zone": svc.aws.hosted_zone,
+                "hosted_zone_id": svc.aws.hosted_zone_id,
+                "app_hostname": svc.aws.app_hostname,
+            }
+        if svc.gke is not None:
+            services["gke"] = {
+                "endpoint": svc.gke.url,
+                "projects": list(GKE_PROJECTS),
+                "forbidden_project": GKE_FORBIDDEN_PROJECT,
+            }
+        if svc.aks is not None:
+            services["aks"] = {
+                "base_url": svc.aks.url,
+                "subscriptions": list(AKS_SUBSCRIPTIONS),
+                "forbidden_subscription": AKS_FORBIDDEN_SUBSCRIPTION,
+                "ca_file": str(Path(svc.aks.ca_file).resolve()),
+            }
+        if svc.vault is not None and svc.vault_seed is not None:
+            seed = svc.vault_seed
+            services["vault"] = {
+                "addr": svc.vault.addr,
+                "backend_addr": svc.vault.backend_addr,
+                "pid": svc.vault.pid,
+                "log": str(svc.vault.log_path.resolve()),
+                "kv_mount": seed.kv_mount,
+                "paths": list(seed.paths),
+                "policy": seed.policy,
+                "approle": {"mount": seed.approle_mount, "role": seed.approle_role},
+                "kubernetes": {
+                    "mount": seed.kubernetes_mount,
+                    "role": seed.kubernetes_role,
+                    "cluster": self._names[0],
+                    "namespace": VAULT_SERVICE_ACCOUNT[0],
+                    "service_account": VAULT_SERVICE_ACCOUNT[1],
+                },
+            }
+        if svc.slack is not None:
+            services["slack"] = {"base_url": self.slack_url, "channel": f"#{SLACK_CHANNEL}"}
+        return data
 
-    def _kubeconfig_text(self) -> str:
-        members = [self._members[name] for name in self._names]
+    def _fleet_file_text(self) -> str:
+        """The fleet file (``FleetFile`` schema): the fleet-file clusters, contexts of
+        ``kubeconfig`` (relative to the fleet file)."""
+        static = []
+        for name in self.names_in("fleet-file"):
+            placement = self._members[name].placement
+            static.append(
+                {
+                    "name": name,
+                    "source": placement.account,
+                    "location": placement.location,
+                    "kubeconfig": KUBECONFIG,
+                    "context": name,
+                    "labels": dict(placement.labels),
+                }
+            )
+        header = (
+            "# fleetops sandbox fleet file (FLEETOPS_STATIC_FLEET_FILE): static clusters known\n"
+            "# only through this file and a context of the kubeconfig beside it.\n"
+        )
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        body = {"version": 1, "static": static, "overrides": []}
+        return header + yaml.dump(body, Dumper=dumper, sort_keys=False)
+
+    def _kubeconfig_text(self, names: list[str]) -> str:
+        members = [self._members[name] for name in names]
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "preferences": {},
-            "current-context": members[0].name,
+            "current-context": members[0].name if members else "",
             "clusters": [
                 {
                     "name": m.name,
@@ -595,3 +1281,28 @@ def _raise_open_files_limit(needed: int) -> None:
     target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The settings of a ``sandbox.env`` file (``KEY=shell-quoted value`` lines)."""
+    settings: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        words = shlex.split(value)
+        settings[key.strip()] = words[0] if words else ""
+    return settings
+
+
+__all__ = [
+    "CLOUD_PROVIDERS",
+    "SERVICES",
+    "Fleet",
+    "ServiceFaultsError",
+    "UnknownClusterError",
+    "UnknownServiceError",
+    "cluster_names",
+    "read_env_file",
+    "username",
+]

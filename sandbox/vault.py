@@ -31,9 +31,11 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -266,6 +268,12 @@ class VaultServer:
             f"-dev-listen-address=127.0.0.1:{backend_port}",
             "-dev-no-store-token",
         ]
+        setpriv = shutil.which("setpriv")  # util-linux
+        if setpriv is not None and sys.platform.startswith("linux"):
+            # bao gets SIGTERM when the thread that started it dies, even by SIGKILL of the
+            # whole process: a killed sandbox leaves no bao behind (start it from a thread
+            # that outlives it; the fleet uses its worker threads, which live until it stops)
+            argv = [setpriv, "--pdeathsig", "TERM", *argv]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self._backend_port = backend_port
         self._unseal_key = None

@@ -24,8 +24,17 @@ import urllib3
 import yaml
 
 from sandbox.control import ControlError, FleetControl
-from sandbox.fleet import Fleet, UnknownClusterError, cluster_names, username
+from sandbox.fleet import (
+    SERVICES,
+    Fleet,
+    UnknownClusterError,
+    UnknownServiceError,
+    cluster_names,
+    read_env_file,
+    username,
+)
 from sandbox.kube.faults import FaultsError
+from sandbox.placement import place
 
 ClientFactory = Callable[[str], kubernetes.client.ApiClient]
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +83,57 @@ def test_cluster_names_are_zero_padded_to_the_fleet_size() -> None:
     assert cluster_names(2, prefix="edge") == ["edge-01", "edge-02"]
     with pytest.raises(ValueError, match="at least one"):
         cluster_names(0)
+
+
+# -- placement -----------------------------------------------------------------------------------
+
+
+def test_placement_spreads_a_dozen_clusters_over_every_source() -> None:
+    placements = place(12)
+    assert [p.name for p in placements] == [
+        "eks-prod-use1-01", "gke-prod-usc1-01", "aks-prod-eus-01", "static-lab-01",
+        "static-dc1-01", "eks-staging-usw2-01", "gke-staging-euw1b-01", "aks-staging-weu-01",
+        "static-lab-02", "static-dc2-01", "eks-prod-euw1-01", "gke-prod-ase1-01",
+    ]  # fmt: skip
+    assert place(12) == placements  # deterministic
+    eks = [p for p in placements if p.source == "eks"]
+    assert {p.location for p in eks} == {"us-east-1", "us-west-2", "eu-west-1"}
+    assert {p.account for p in eks} == {"111111111111", "222222222222"}
+    assert all(set(p.labels) == {"env", "team"} for p in eks)
+    assert {p.account for p in placements if p.source == "gke"} == {
+        "fleetops-prod",
+        "fleetops-staging",
+    }
+    assert len({p.account for p in placements if p.source == "aks"}) == 2
+    assert placements[0].id == "eks/111111111111/us-east-1/eks-prod-use1-01"
+    assert placements[2].resource_group == "rg-prod-eastus"
+    assert placements[3].id == "static/kubeconfig/static/static-lab-01"
+    assert placements[4].id == "static/on-prem/dc1/static-dc1-01"
+
+
+def test_placement_of_a_thousand_clusters_covers_every_account_and_location() -> None:
+    placements = place(1000)
+    assert len({p.name for p in placements}) == 1000
+    by_source: dict[str, set[tuple[str, str]]] = {}
+    counts: dict[str, int] = {}
+    for p in placements:
+        by_source.setdefault(p.source, set()).add((p.account, p.location))
+        counts[p.source] = counts.get(p.source, 0) + 1
+    assert counts == dict.fromkeys(("eks", "gke", "aks", "kubeconfig", "fleet-file"), 200)
+    assert len(by_source["eks"]) == len(by_source["gke"]) == len(by_source["aks"]) == 6
+    assert len(by_source["fleet-file"]) == 2
+    assert all(p.name.startswith(p.provider + "-") for p in placements)
+
+
+def test_placement_without_cloud_providers_is_the_plain_static_fleet() -> None:
+    assert [p.name for p in place(3, providers=())] == ["sbx-01", "sbx-02", "sbx-03"]
+    assert {p.source for p in place(3, providers=())} == {"kubeconfig"}
+    only_gke = place(6, providers=("gke",))
+    assert [p.source for p in only_gke] == ["gke", "kubeconfig", "fleet-file"] * 2
+    with pytest.raises(ValueError, match="unknown cloud provider"):
+        place(3, providers=("openstack",))
+    with pytest.raises(ValueError, match="unknown service"):
+        Fleet(3, services=["route53"])
 
 
 # -- the running fleet ---------------------------------------------------------------------------
@@ -135,7 +195,9 @@ def test_files_holding_tokens_are_private_and_the_env_file_can_be_sourced(
         "FLEETOPS_KUBECONFIG": str(kubeconfig.resolve()),
         "FLEETOPS_SANDBOX_CONTROL_URL": fleet.control_url,
         "FLEETOPS_SANDBOX_DIR": str(fleet.directory.resolve()),
+        "FLEETOPS_STATIC_FLEET_FILE": str(fleet.fleet_file_path.resolve()),
     }
+    assert read_env_file(fleet.env_path) == settings
     assert FleetControl.from_env(settings).url == fleet.control_url
 
 
@@ -293,7 +355,58 @@ def test_control_client_raises_control_error(fleet_faults: Fleet) -> None:
         FleetControl("http://example.com:1234")
 
 
+def test_a_fleet_without_services_has_none_to_switch(fleet_faults: Fleet) -> None:
+    control = FleetControl(fleet_faults.control_url)
+    assert control.services() == []
+    with pytest.raises(ControlError) as caught:
+        control.set_service_faults("aws", outage=True)
+    assert caught.value.status == 404
+    with pytest.raises(UnknownServiceError):
+        fleet_faults.aws  # noqa: B018
+    assert fleet_faults.services == ()
+    fleet_file = yaml.safe_load(fleet_faults.fleet_file_path.read_text())
+    assert fleet_file == {"version": 1, "static": [], "overrides": []}
+
+
+def test_service_account_tokens_open_their_own_cluster_only(fleet: Fleet) -> None:
+    control = FleetControl(fleet.control_url)
+    token = control.service_account_token("sbx-01", "apps", "hello")
+    assert _get(fleet, "sbx-01", "/api/v1/namespaces", token)[0] == 200
+    code, review = _get_post(
+        fleet, "sbx-01", "/apis/authentication.k8s.io/v1/selfsubjectreviews", token
+    )
+    assert code == 201
+    assert review["status"]["userInfo"]["username"] == "system:serviceaccount:apps:hello"
+    assert _get(fleet, "sbx-02", "/api/v1/namespaces", token)[0] == 401
+    vault_audience = fleet.service_account_token("sbx-01", audiences=["vault"])
+    assert _get(fleet, "sbx-01", "/api/v1/namespaces", vault_audience)[0] == 401
+    status, answer = _raw(
+        fleet.control_url + "/clusters/sbx-01/serviceaccount-token", "POST", b'{"namespace": ""}'
+    )
+    assert (status, answer["field"]) == (400, "namespace")
+
+
+def _get_post(fleet: Fleet, name: str, path: str, token: str) -> tuple[int, dict[str, object]]:
+    context = ssl.create_default_context(cadata=fleet.ca_pem(name).decode())
+    body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    request = urllib.request.Request(
+        fleet.server(name) + path,
+        data=body.encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 # -- life cycle ----------------------------------------------------------------------------------
+
+
+def test_services_are_named_in_a_fixed_order() -> None:
+    assert SERVICES == ("aws", "gke", "aks", "vault", "slack")
 
 
 def test_a_second_fleet_starts_beside_the_first_and_closes_its_ports(tmp_path: Path) -> None:
@@ -340,7 +453,7 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
     directory = tmp_path / "fleet"
     process = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "up", "--clusters", "12", "--dir", str(directory),
-         "--rollout-seconds", "0.2"],
+         "--rollout-seconds", "0.2", "--no-services"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -348,7 +461,7 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         line = _read_line(process, timeout=60)
-        assert line.startswith("sandbox ready: 12 clusters, kubeconfig ")
+        assert line.startswith("sandbox ready: 12 clusters (static 12), services none, kubeconfig ")
         assert str(directory / "kubeconfig") in line
         assert str(directory / "sandbox.env") in line
         fleet_json = json.loads((directory / "fleet.json").read_text())
@@ -383,16 +496,20 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
         assert _refused(port)
 
 
-def test_cli_up_stops_on_sigterm(tmp_path: Path) -> None:
+def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--clusters", "1", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "sandbox", "up", "--clusters", "1", "--dir", str(tmp_path),
+         "--no-aws", "--no-gke", "--no-aks", "--no-slack"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
-        assert _read_line(process, timeout=60).startswith("sandbox ready: 1 clusters")
+        line = _read_line(process, timeout=60)
+        assert line.startswith("sandbox ready: 1 clusters (static 1), services vault, ")
+        vault = json.loads((tmp_path / "fleet.json").read_text())["services"]["vault"]
+        os.kill(vault["pid"], 0)  # bao runs
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     finally:
@@ -400,6 +517,38 @@ def test_cli_up_stops_on_sigterm(tmp_path: Path) -> None:
             process.kill()
             process.communicate()
     assert process.returncode == 0, err
+    with pytest.raises(ProcessLookupError):
+        os.kill(vault["pid"], 0)
+    assert _refused(int(vault["addr"].rsplit(":", 1)[1]))
+
+
+def test_a_killed_sandbox_takes_bao_with_it(tmp_path: Path) -> None:
+    """Even SIGKILL (a crashed or killed `sandbox up`) leaves no bao process behind."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "up", "--clusters", "1", "--dir", str(tmp_path),
+         "--no-aws", "--no-gke", "--no-aks", "--no-slack"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert _read_line(process, timeout=60).startswith("sandbox ready: 1 clusters")
+        pid = json.loads((tmp_path / "fleet.json").read_text())["services"]["vault"]["pid"]
+    finally:
+        process.kill()
+        process.communicate()
+
+    def running(pid: int) -> bool:  # a zombie waiting for init to reap it counts as gone
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 15
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(pid), "bao outlived its killed sandbox"
 
 
 @pytest.mark.parametrize(
@@ -409,6 +558,7 @@ def test_cli_up_stops_on_sigterm(tmp_path: Path) -> None:
         (["--clusters", "many"], "--clusters: not a whole number"),
         (["--rollout-seconds", "-1"], "--rollout-seconds: must be >= 0"),
         (["--control-port", "70000"], "--control-port: must be 0..65535"),
+        (["--no-route53"], "unrecognized arguments: --no-route53"),
     ],
 )
 def test_cli_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
