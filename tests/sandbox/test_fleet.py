@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import selectors
 import signal
 import socket
 import ssl
 import stat
-import re
 import subprocess
 import sys
 import time
