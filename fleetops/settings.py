@@ -84,6 +84,21 @@ class SlackSettings(BaseSettings):
     base_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("https://slack.com/api/"), description="Slack Web API base URL."
     )
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of one Slack Web API call."
+    )
+    rate_limit_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="How often a call answered 429 is retried after its Retry-After (bounded, "
+        "so a rate-limited Slack cannot hold a flow for long).",
+    )
+    max_retry_after_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A 429 asking to wait longer than this is not retried (the message is dropped).",
+    )
 
 
 class VaultSettings(BaseSettings):
@@ -219,6 +234,74 @@ class StaticSettings(BaseSettings):
     )
 
 
+class DiscoverySettings(BaseSettings):
+    """The discover-clusters flow: concurrency, retries, probes and the missing threshold."""
+
+    model_config = _config("FLEETOPS_DISCOVERY_")
+
+    missing_after: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="A cluster becomes 'missing' after this many consecutive successful "
+        "discoveries of its source without it.",
+    )
+    probe_max_age_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A cluster not probed for this long is probed again, even if unchanged.",
+    )
+    probe_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of each probe request."
+    )
+    max_workers: int = Field(
+        default=16,
+        ge=1,
+        le=128,
+        description="Bound of the flow's task runner: concurrent source discoveries and probes.",
+    )
+    source_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Task retries of a source after a transient error (the SDK's own retries "
+        "come first).",
+    )
+    probe_retries: int = Field(
+        default=1, ge=0, le=10, description="Task retries of a probe after a transient error."
+    )
+    retry_delay_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Base of the exponential backoff between task retries (with jitter).",
+    )
+
+
+class ArgoCdSettings(BaseSettings):
+    """Optional registration of every healthy cluster into Argo CD (off by default)."""
+
+    model_config = _config("FLEETOPS_ARGOCD_")
+
+    enabled: bool = Field(
+        default=False, description="Register clusters as Argo CD cluster Secrets."
+    )
+    management_cluster: str | None = Field(
+        default=None,
+        description="Inventory id of the cluster Argo CD runs in (its Secrets are written there).",
+    )
+    namespace: str = Field(
+        default="argocd",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of Argo CD in the management cluster.",
+    )
+    fleetops_command: str = Field(
+        default="fleetops",
+        min_length=1,
+        description="Command Argo CD runs as the exec credential plugin for non-EKS clusters "
+        "(`<command> token CLUSTER_ID`); it must be installed in Argo CD's image.",
+    )
+
+
 class Settings(BaseSettings):
     """All fleetops settings."""
 
@@ -238,3 +321,5 @@ class Settings(BaseSettings):
     gke: GkeSettings = Field(default_factory=GkeSettings)
     aks: AksSettings = Field(default_factory=AksSettings)
     static: StaticSettings = Field(default_factory=StaticSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
+    argocd: ArgoCdSettings = Field(default_factory=ArgoCdSettings)

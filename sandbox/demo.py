@@ -152,6 +152,7 @@ class Demo:
         wait_http_ok(f"{self.api_url}/health", timeout=90, process=prefect)
         self._write_env(sandbox_dir)
         print(ready, flush=True)
+        self._discover_once()
         print(
             "\n".join(
                 [
@@ -193,11 +194,36 @@ class Demo:
             f"PREFECT_UI_API_URL={self.api_url}",
             f"PREFECT_HOME={self.workdir / 'prefect'}",
             f"FLEETOPS_UI_URL=http://127.0.0.1:{self.ui_port}",
+            f"FLEETOPS_INVENTORY_URL=sqlite:///{self.workdir / 'inventory.db'}",
         ]
         lines += (sandbox_dir / "sandbox.env").read_text().splitlines()
         path = self.workdir / "demo.env"
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
+
+    # -- issue 4: discovery once at start, so the UI shows a filled inventory ------------------
+
+    def _discover_once(self) -> None:
+        """Run ``fleetops discover`` once with demo.env's settings; a failure is only reported."""
+        from sandbox.fleet import read_env_file
+
+        env = dict(os.environ)
+        env.update(read_env_file(self.workdir / "demo.env"))
+        fleetops = Path(sys.executable).with_name("fleetops")
+        began = time.monotonic()
+        result = subprocess.run(
+            [str(fleetops), "discover"], env=env, capture_output=True, text=True, check=False
+        )
+        summary = (result.stdout.strip().splitlines() or [""])[-1]
+        if result.returncode == 0:
+            print(
+                f"discovery ran once ({time.monotonic() - began:.0f} s): {summary}; see the "
+                f"discover-clusters run and its inventory artifact in the UI",
+                flush=True,
+            )
+        else:
+            error = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"demo: the first discovery run failed: {error}", file=sys.stderr, flush=True)
 
     def stop(self, *, grace: float = 15.0) -> list[str]:
         """Stop every process group; return what was left behind (empty when clean)."""

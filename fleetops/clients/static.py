@@ -46,6 +46,9 @@ SYSTEM = "static"
 
 # --- YAML with line numbers ------------------------------------------------------------------
 
+# libyaml's parser keeps node marks (line numbers) too and is ~10x faster on big kubeconfigs.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def _load_yaml(path: Path, *, what: str) -> tuple[Any, yaml.Node | None]:
     """The document in ``path`` and its node tree; ConfigError naming file and line if broken."""
@@ -53,7 +56,7 @@ def _load_yaml(path: Path, *, what: str) -> tuple[Any, yaml.Node | None]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the {what}: {exc}") from exc
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
