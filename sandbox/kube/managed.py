@@ -16,7 +16,11 @@ client can observe:
 - **Apply**: the applied configuration is merged into the live object (maps recursively,
   keyed lists by key with the applier's order, atomic lists and atomic maps replaced); the
   applier owns exactly the fields of its configuration; fields it applied last time and no
-  longer applies are removed unless another manager owns them; a changed value in a field
+  longer applies are removed unless another manager owns them (pruned the way
+  structured-merge-diff does: a field owned as a whole stays while any manager, the applier
+  included, owns something under it -- so re-applying after kubectl's client-side-apply
+  ownership upgrade keeps ``spec.template.metadata.labels`` -- and maps left empty go,
+  defaults coming back through the store's defaulting); a changed value in a field
   another manager owns is a ``409 Conflict`` (``ApplyConflict``) unless ``force`` moves the
   ownership. Manager ``kubectl`` may take over fields recorded in the client-side
   ``last-applied-configuration`` annotation without conflict, and keeps that annotation in
@@ -30,8 +34,9 @@ client can observe:
 
 from __future__ import annotations
 
-import copy
+import functools
 import json
+import marshal
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +44,7 @@ from typing import Any
 
 from sandbox.kube.errors import StatusError
 from sandbox.kube.patch import (
+    ANY,
     ATOMIC,
     Atomic,
     KeyedList,
@@ -46,6 +52,7 @@ from sandbox.kube.patch import (
     SetList,
     Struct,
     apply_schema_for,
+    json_copy,
     skeleton_for,
     to_json,
 )
@@ -64,6 +71,31 @@ _MAX_UPDATE_MANAGERS = 10
 _ANCIENT_CHANGES = "ancient-changes"
 _BEFORE_FIRST_APPLY = "before-first-apply"
 _SERVER_OWNED_META = ("resourceVersion", "uid", "generation", "creationTimestamp")
+_CACHE_SIZE = 4096  # decoded/encoded field sets kept (a fleet writes the same shapes again)
+
+_copy = json_copy
+
+
+def _exact(value: Any) -> bytes:
+    """Bytes that differ whenever two values differ as JSON (``marshal`` keeps exact types)."""
+    return marshal.dumps(value, 2)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two containers are the same JSON: equal, with the same types at every leaf.
+
+    Python's ``==`` (fast, in C) treats ``True`` and ``1`` alike, so an equal pair is
+    confirmed by its marshalled bytes; ``False`` only means "compare field by field".
+    """
+    if a is b:
+        return True
+    if a != b:
+        return False
+    try:
+        return _exact(a) == _exact(b)
+    except (TypeError, ValueError):
+        return False
+
 
 # ---------------------------------------------------------------------------------------------
 # Paths and sets
@@ -231,6 +263,62 @@ def decode_fields(fields_v1: Mapping[str, Any]) -> set[Path]:
     return out
 
 
+class _FieldSetCache:
+    """Decoded and encoded FieldsV1, remembered: a fleet writes the same shapes again and again.
+
+    ``decode`` answers one shared frozenset per distinct entry (never change it), and when an
+    entry was already in the apiserver's canonical encoding, ``encode`` of that very set gives
+    it back without encoding or even hashing the set again -- the common case of a manager
+    whose fields a write left alone.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._sets: dict[bytes, frozenset[Path]] = {}  # entry content -> set
+        self._data: dict[frozenset[Path], bytes] = {}  # set -> canonical entry content
+        self._canonical: dict[int, tuple[frozenset[Path], bytes]] = {}  # id(set) -> (set, content)
+
+    def _room(self) -> None:
+        if len(self._sets) >= self.size or len(self._data) >= self.size:
+            self._sets.clear()
+            self._data.clear()
+            self._canonical.clear()
+
+    def _encoded(self, paths: frozenset[Path]) -> bytes:
+        data = self._data.get(paths)
+        if data is None:
+            self._room()
+            data = self._data[paths] = _exact(encode_fields(paths))
+        return data
+
+    def decode(self, fields_v1: Mapping[str, Any]) -> frozenset[Path]:
+        try:
+            key = _exact(fields_v1)
+        except (TypeError, ValueError):
+            return frozenset(decode_fields(fields_v1))
+        found = self._sets.get(key)
+        if found is None:
+            found = frozenset(decode_fields(fields_v1))
+            canonical = self._encoded(found)
+            self._room()
+            self._sets[key] = found
+            if canonical == key:
+                self._canonical[id(found)] = (found, key)
+        return found
+
+    def encode(self, paths: Iterable[Path]) -> dict[str, Any]:
+        """A fresh FieldsV1 object for ``paths``."""
+        known = self._canonical.get(id(paths))
+        if known is not None and known[0] is paths:
+            return marshal.loads(known[1])
+        return marshal.loads(
+            self._encoded(paths if isinstance(paths, frozenset) else frozenset(paths))
+        )
+
+
+_field_sets = _FieldSetCache(_CACHE_SIZE)
+
+
 def _iterate(paths: Iterable[Path]) -> Iterator[Path]:
     """Paths in ``Set.Iterate`` order: a node's members, then its children's subtrees."""
 
@@ -272,11 +360,16 @@ _STRIP: frozenset[Path] = frozenset(
 _MANAGED_FIELDS_PREFIX: Path = (("f", "metadata"), ("f", "managedFields"))
 
 
-def _strip(paths: set[Path]) -> set[Path]:
+_META_PE, _MANAGED_FIELDS_PE = _MANAGED_FIELDS_PREFIX
+
+
+def _strip(paths: Iterable[Path]) -> set[Path]:
     return {
         p
         for p in paths
-        if p and p not in _STRIP and p[: len(_MANAGED_FIELDS_PREFIX)] != _MANAGED_FIELDS_PREFIX
+        if p
+        and p not in _STRIP
+        and not (len(p) > 1 and p[1] == _MANAGED_FIELDS_PE and p[0] == _META_PE)
     }
 
 
@@ -288,17 +381,23 @@ _MISSING: Any = object()
 
 
 def _ssa(node: Node) -> Node:
-    if isinstance(node, KeyedList) and node.atomic_for_apply:
+    if node.__class__ is KeyedList and node.atomic_for_apply:  # type: ignore[union-attr]
         return ATOMIC
     return node
 
 
 def _child(node: Node, name: str) -> Node:
-    return _ssa(node.child(name)) if isinstance(node, Struct) else _ssa(Struct())
+    """The schema of field ``name`` of a struct node (untyped ``ANY`` for anything else)."""
+    if node.__class__ is not Struct:
+        return ANY
+    child = node.fields.get(name, ANY)  # type: ignore[union-attr]
+    if child.__class__ is KeyedList and child.atomic_for_apply:
+        return ATOMIC
+    return child
 
 
 def _item_node(node: Node) -> Node:
-    return _ssa(node.item) if isinstance(node, KeyedList) else ATOMIC
+    return _ssa(node.item) if node.__class__ is KeyedList else ATOMIC  # type: ignore[union-attr]
 
 
 def _item_pe(node: Node, item: Any) -> PathElement | None:
@@ -385,57 +484,116 @@ def _shape(lhs: Any, rhs: Any, node: Node) -> str:
     if _empty(lhs) and _empty(rhs):
         return "leaf"
     if isinstance(node, Struct):
-        ok = all(v is _MISSING or v is None or isinstance(v, dict) for v in (lhs, rhs))
-        return "map" if ok else "leaf"
-    ok = all(v is _MISSING or v is None or isinstance(v, list) for v in (lhs, rhs))
-    if not ok or _index_items(node, lhs) is None or _index_items(node, rhs) is None:
+        if (lhs is _MISSING or lhs is None or isinstance(lhs, dict)) and (
+            rhs is _MISSING or rhs is None or isinstance(rhs, dict)
+        ):
+            return "map"
+        return "leaf"
+    if not (lhs is _MISSING or lhs is None or isinstance(lhs, list)) or not (
+        rhs is _MISSING or rhs is None or isinstance(rhs, list)
+    ):
+        return "leaf"
+    if _index_items(node, lhs) is None or _index_items(node, rhs) is None:
         return "leaf"
     return "list"
 
 
+def _all_paths(value: Any, node: Node, path: Path, out: set[Path]) -> None:
+    """What ``_compare`` reports for a value facing nothing: every node of it, with itself."""
+    if node is ANY:
+        _all_untyped(value, path, out)
+        return
+    node = _ssa(node)
+    if value and node.__class__ is Struct and isinstance(value, dict):
+        for key, child in value.items():
+            _all_paths(child, _child(node, key), (*path, ("f", key)), out)
+    elif value and node.__class__ is not Struct and not isinstance(node, Atomic):
+        items = _index_items(node, value) if isinstance(value, list) else None
+        if items is not None:
+            item_node = _item_node(node)
+            for pe, item in _first_by_pe(items).items():
+                _all_paths(item, item_node, (*path, pe), out)
+    out.add(path)
+
+
+def _all_untyped(value: Any, path: Path, out: set[Path]) -> None:
+    """``_all_paths`` under an untyped node (``ANY``, whose fields are all ``ANY``)."""
+    if value and isinstance(value, dict):
+        for key, child in value.items():
+            if child and isinstance(child, dict):
+                _all_untyped(child, (*path, ("f", key)), out)
+            else:
+                out.add((*path, ("f", key)))
+    out.add(path)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _unchanged(lhs: Any, rhs: Any) -> bool:
+    """A cheap sufficient test that ``_compare`` would report nothing for this pair."""
+    if lhs is rhs:
+        return lhs is not _MISSING
+    kind = type(lhs)
+    if kind is not type(rhs):
+        return False
+    if kind in _SCALARS:
+        return lhs == rhs
+    return (kind is dict or kind is list) and _same_json(lhs, rhs)
+
+
 def _compare(lhs: Any, rhs: Any, node: Node, path: Path, out: _Comparison) -> None:
+    """Add to ``out`` what differs between two present values (``_unchanged`` was false)."""
     node = _ssa(node)
     shape = _shape(lhs, rhs, node)
     if shape == "leaf":
-        if lhs is _MISSING:
-            out.added.add(path)
-        elif rhs is _MISSING:
-            out.removed.add(path)
-        elif not _equal(lhs, rhs):
+        if not _equal(lhs, rhs):
             out.modified.add(path)
         return
     if shape == "map":
         left = lhs if isinstance(lhs, dict) else {}
         right = rhs if isinstance(rhs, dict) else {}
-        for key in [*left, *(k for k in right if k not in left)]:
-            _compare(
-                left.get(key, _MISSING),
-                right.get(key, _MISSING),
-                _child(node, key),
-                (*path, ("f", key)),
-                out,
-            )
+        pairs = [(k, v, right.get(k, _MISSING)) for k, v in left.items()]
+        pairs += [(k, _MISSING, v) for k, v in right.items() if k not in left]
+        for key, lv, rv in pairs:
+            # the _unchanged test, inlined: this loop runs for every field of every object
+            if lv is rv:
+                continue
+            kind = type(lv)
+            if kind is type(rv) and (
+                (kind in _SCALARS and lv == rv)
+                or ((kind is dict or kind is list) and _same_json(lv, rv))
+            ):
+                continue
+            if lv is _MISSING:
+                _all_paths(rv, _child(node, key), (*path, ("f", key)), out.added)
+            elif rv is _MISSING:
+                _all_paths(lv, _child(node, key), (*path, ("f", key)), out.removed)
+            else:
+                _compare(lv, rv, _child(node, key), (*path, ("f", key)), out)
     else:
         left_items = _first_by_pe(_index_items(node, lhs) or [])
         right_items = _first_by_pe(_index_items(node, rhs) or [])
         item_node = _item_node(node)
         for pe in [*left_items, *(p for p in right_items if p not in left_items)]:
-            _compare(
-                left_items.get(pe, _MISSING),
-                right_items.get(pe, _MISSING),
-                item_node,
-                (*path, pe),
-                out,
-            )
-    if lhs is _MISSING:
-        out.added.add(path)
-    elif rhs is _MISSING:
-        out.removed.add(path)
+            lv = left_items.get(pe, _MISSING)
+            rv = right_items.get(pe, _MISSING)
+            if lv is _MISSING:
+                _all_paths(rv, item_node, (*path, pe), out.added)
+            elif rv is _MISSING:
+                _all_paths(lv, item_node, (*path, pe), out.removed)
+            elif not _unchanged(lv, rv):
+                _compare(lv, rv, item_node, (*path, pe), out)
 
 
 def compare(lhs: Any, rhs: Any, node: Node) -> _Comparison:
     out = _Comparison()
-    _compare(lhs, rhs, node, (), out)
+    if lhs is _MISSING:
+        _all_paths(rhs, node, (), out.added)
+    elif rhs is _MISSING:
+        _all_paths(lhs, node, (), out.removed)
+    elif not _unchanged(lhs, rhs):
+        _compare(lhs, rhs, node, (), out)
     for s in (out.added, out.modified, out.removed):
         s.discard(())
     return out
@@ -449,6 +607,18 @@ def _first_by_pe(items: list[tuple[PathElement, Any]]) -> dict[PathElement, Any]
 
 
 def _equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: like ``==``, except that ``true`` is not ``1``."""
+    if type(a) is type(b) and type(a) in (dict, list):
+        if a is b:
+            return True
+        if a != b:
+            return False  # (== never misses a difference _equal sees)
+        try:
+            if _exact(a) == _exact(b):
+                return True
+        except (TypeError, ValueError):
+            pass
+        # equal to Python, not in bytes (True vs 1, 1 vs 1.0, key order): field by field
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -535,7 +705,7 @@ def _merge_list(
                 li += 1
                 continue
         if li < len(left_order) and left_order[li] not in right_map:
-            out.extend(copy.deepcopy(left_all[left_order[li]]))
+            out.extend(_copy(left_all[left_order[li]]))
             li += 1
             continue
         if ri < len(right_order):
@@ -549,71 +719,151 @@ def _merge_list(
     return out
 
 
-def _prefixes(paths: Iterable[Path]) -> set[Path]:
-    out: set[Path] = set()
-    for path in paths:
+def _with_named_parents(paths: Iterable[Path]) -> set[Path]:
+    """``Set.EnsureNamedFieldsAreMembers``: the paths plus every field that has owned children.
+
+    The real schema tells struct fields (named) from map keys; our merge schema does not, so
+    every field with children counts as named. Map keys with children only occur in maps of
+    objects (rare in the built-in types, where maps hold strings and quantities).
+    """
+    out = set(paths)
+    for path in list(out):
         for i in range(1, len(path)):
-            out.add(path[:i])
+            if path[i - 1][0] == "f":
+                out.add(path[:i])
     return out
 
 
-def _remove_paths(value: Any, node: Node, remove: set[Path], within: set[Path], path: Path) -> Any:
-    """``TypedValue.RemoveItems``: drop the fields and list items named in ``remove``."""
+def _remove_items(value: Any, node: Node, tree: _Tree) -> Any:
+    """``TypedValue.RemoveItems``: drop the members of ``tree`` (and what is under them).
+
+    A map or list walked into that is left with nothing becomes null in structured-merge-diff,
+    which the typed decode drops: ``_MISSING`` here, and the parent leaves the key out (the
+    parent itself still counts as holding that null, so it stays, if only as ``{}``).
+    """
     node = _ssa(node)
-    if isinstance(value, dict) and isinstance(node, Struct):
+    if isinstance(node, Struct):
+        if not isinstance(value, dict):
+            return value
         out = {}
+        kept = False
         for key, child in value.items():
-            child_path = (*path, ("f", key))
-            if child_path in remove:
+            pe = ("f", key)
+            if pe in tree.members:
                 continue
-            if child_path in within:
-                child = _remove_paths(child, _child(node, key), remove, within, child_path)
+            kept = True
+            sub = tree.children.get(pe)
+            if sub is not None:
+                child = _remove_items(child, _child(node, key), sub)
+                if child is _MISSING:
+                    continue
             out[key] = child
-        return out
-    if isinstance(value, list) and isinstance(node, (KeyedList, SetList)):
+        return out if kept else _MISSING
+    if isinstance(node, (KeyedList, SetList)) and isinstance(value, list):
         items = _index_items(node, value)
         if items is None:
             return value
         kept = []
         for pe, item in items:
-            item_path = (*path, pe)
-            if item_path in remove:
+            if pe in tree.members:
                 continue
-            if item_path in within:
-                item = _remove_paths(item, _item_node(node), remove, within, item_path)
+            sub = tree.children.get(pe)
+            if sub is not None and isinstance(node, KeyedList):
+                item = _remove_items(item, _item_node(node), sub)
+                if item is _MISSING:
+                    item = {}
             kept.append(item)
-        return kept
+        return kept if kept else _MISSING
     return value
 
 
-def _validate_config(value: Any, node: Node, path: Path, errors: list[str]) -> None:
-    """The checks structured-merge-diff makes on an applied configuration's keyed lists."""
+def _remove(value: dict[str, Any], schema: Node, paths: set[Path]) -> dict[str, Any]:
+    if not paths:
+        return value
+    out = _remove_items(value, schema, _tree(paths))
+    return {} if out is _MISSING else out
+
+
+def _prune(
+    merged: dict[str, Any], schema: Node, last: set[Path], managed: set[Path]
+) -> dict[str, Any]:
+    """``Updater.prune``: drop what the applier applied last time and no longer applies.
+
+    ``last`` is the applier's previous set, ``managed`` the union of every manager's set with
+    the applier's new one. Named fields count as owned when something under them is (so a
+    parent the applier used to own as a whole stays while it still owns a child); removed
+    items come back when another manager owns them, or when the applier never owned them.
+    """
+    last_named = _with_named_parents(last)
+    pruned = _remove(merged, schema, last_named)
+    merged_set = _with_named_parents(to_field_set(merged, schema))
+    pruned_set = _with_named_parents(to_field_set(pruned, schema))
+    # addBackOwnedItems
+    pruned = _remove(merged, schema, merged_set - (pruned_set | _with_named_parents(managed)))
+    # addBackDanglingItems
+    pruned_set = _with_named_parents(to_field_set(pruned, schema))
+    return _remove(merged, schema, (merged_set - pruned_set) & last_named)
+
+
+def _config_walk(
+    value: Any, node: Node, path: Path, out: set[Path] | None, errors: list[str]
+) -> None:
+    """One walk over an applied configuration: ``to_field_set`` into ``out`` (when given) and
+    the checks structured-merge-diff makes on its keyed lists into ``errors``."""
     node = _ssa(node)
-    if isinstance(node, Struct) and isinstance(value, dict):
-        for key, child in value.items():
-            _validate_config(child, _child(node, key), (*path, ("f", key)), errors)
+    cls = node.__class__
+    if cls is Struct:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                _config_walk(child, _child(node, key), (*path, ("f", key)), out, errors)
+        elif out is not None and (value is not None or not node.fields):  # type: ignore[union-attr]
+            out.add(path)
         return
-    if isinstance(node, KeyedList) and isinstance(value, list):
-        seen: set[PathElement] = set()
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                errors.append(f"{_path_string(path)}: element {i}: expected map, got {item!r}")
-                continue
-            missing = [k for k in node.keys if k not in item and k not in node.key_defaults]
-            if missing:
-                errors.append(
-                    f"{_path_string(path)}: element {i}: associative list with keys has an "
-                    f'element that omits key field "{missing[0]}" (and doesn\'t have default value)'
-                )
-                continue
-            pe = _item_pe(node, item)
-            if pe is None:
-                continue
-            if pe in seen:
-                errors.append(f"{_path_string(path)}: duplicate entries for key {_pe_string(pe)}")
-                continue
+    if cls is not KeyedList:  # atomic, or a set of scalars: nothing to check
+        if out is not None:
+            _field_set(value, node, path, out)
+        return
+    if not isinstance(value, list):
+        if out is not None and value is not None:
+            out.add(path)
+        return
+    assert isinstance(node, KeyedList)
+    item_node = _item_node(node)
+    seen: set[PathElement] = set()
+    items: set[Path] | None = set() if out is not None else None  # the items' fields
+    keyed = True  # whether every item has its keys (else the list counts as one field)
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            errors.append(f"{_path_string(path)}: element {i}: expected map, got {item!r}")
+            keyed = False
+            continue
+        missing = [k for k in node.keys if k not in item and k not in node.key_defaults]
+        if missing:
+            errors.append(
+                f"{_path_string(path)}: element {i}: associative list with keys has an "
+                f'element that omits key field "{missing[0]}" (and doesn\'t have default value)'
+            )
+            keyed = False
+            continue
+        pe = _item_pe(node, item)
+        if pe is None:
+            keyed = False
+            continue
+        item_path = (*path, pe)
+        if pe in seen:
+            errors.append(f"{_path_string(path)}: duplicate entries for key {_pe_string(pe)}")
+            if items is not None:
+                _field_set(item, item_node, item_path, items)
+        else:
             seen.add(pe)
-            _validate_config(item, _item_node(node), (*path, pe), errors)
+            _config_walk(item, item_node, item_path, items, errors)
+        if items is not None:
+            items.add(item_path)
+    if out is not None and items is not None:
+        if keyed:
+            out |= items
+        else:
+            out.add(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +878,7 @@ class _Manager:
     api_version: str
     subresource: str
     time: str | None
-    fields: set[Path]
+    fields: frozenset[Path] | set[Path]  # replaced, never changed in place (may be cached)
 
     @property
     def ident(self) -> tuple[str, str, str, str]:
@@ -663,7 +913,7 @@ class _Manager:
         if self.time is not None:
             entry["time"] = self.time
         entry["fieldsType"] = "FieldsV1"
-        entry["fieldsV1"] = encode_fields(self.fields)
+        entry["fieldsV1"] = _field_sets.encode(self.fields)
         if self.subresource:
             entry["subresource"] = self.subresource
         return entry
@@ -694,7 +944,7 @@ def _decode_managers(entries: Any) -> Managers:
             api_version=str(entry.get("apiVersion", "")),
             subresource=str(entry.get("subresource", "") or ""),
             time=entry.get("time"),
-            fields=decode_fields(fields_v1),
+            fields=_field_sets.decode(fields_v1),
         )
         existing = managers.get(m.ident)
         if existing is not None:
@@ -710,8 +960,9 @@ def _is_reset(entries: Any) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=1024)
 def _seconds(time: str | None) -> int:
-    if not time:
+    if not time or not isinstance(time, str):
         return 0
     try:
         return int(datetime.fromisoformat(time.replace("Z", "+00:00")).timestamp())
@@ -764,10 +1015,11 @@ def _set_managed_fields(obj: dict[str, Any], managers: Managers) -> None:
 
 
 def _without_managed_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(obj))
+    """``obj`` without managedFields: new top level and metadata, everything else shared."""
+    out = dict(obj)
     meta = out.get("metadata")
     if isinstance(meta, dict):
-        meta.pop("managedFields", None)
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
     return out
 
 
@@ -817,6 +1069,7 @@ def record_update(
     now: str,
     subresource: str | None = None,
     custom: bool | None = None,
+    reuse_new: bool = False,
 ) -> dict[str, Any]:
     """``new`` (a copy) with ``metadata.managedFields`` updated for a non-apply write.
 
@@ -825,8 +1078,10 @@ def record_update(
     they are taken from every other manager, and removed fields leave all owners. Managed
     fields sent with ``new`` replace the live ones (``[]`` or ``[{}]`` clears them); for a
     subresource write they are ignored. ``custom`` says the type is a CRD (default: by group).
+    ``reuse_new``: the caller gives ``new`` up, so it is updated in place instead of copied
+    (``old`` is never changed either way).
     """
-    result = copy.deepcopy(new)
+    result = new if reuse_new else _copy(new)
     meta = result.get("metadata")
     if not isinstance(meta, dict):
         meta = {}
@@ -843,6 +1098,8 @@ def record_update(
         managers = live_managers
     elif _is_reset(sent):
         managers = {}
+    elif sent is not None and sent == live_entries:
+        managers = live_managers  # sent back as read (the usual read-modify-write)
     else:
         try:
             managers = _decode_managers(sent)
@@ -928,10 +1185,13 @@ def _allowed_from_last_applied(
 
 
 def _last_applied_value(applied: dict[str, Any]) -> str:
-    obj = copy.deepcopy(applied)
+    obj = dict(applied)
     meta = obj.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
-        meta["annotations"].pop(LAST_APPLIED_ANNOTATION, None)
+        obj["metadata"] = meta = dict(meta)
+        meta["annotations"] = {
+            k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED_ANNOTATION
+        }
     return to_json(obj) + "\n"
 
 
@@ -946,15 +1206,16 @@ def _reset(
         target: Any = obj
         source: Any = live
         for name in parents:
-            if not isinstance(target, dict):
+            if not isinstance(target, dict) or not isinstance(target.get(name), dict):
                 target = None
                 break
-            target = target.get(name)
+            target[name] = dict(target[name])  # (may be shared with live: copy on write)
+            target = target[name]
             source = source.get(name) if isinstance(source, dict) else None
         if not isinstance(target, dict):
             continue
         if isinstance(source, dict) and last in source:
-            target[last] = copy.deepcopy(source[last])
+            target[last] = source[last]  # (shared with live, like the rest of the answer)
         else:
             target.pop(last, None)
 
@@ -981,6 +1242,8 @@ def server_side_apply(
     applied ``resourceVersion`` is a precondition the caller checks). ``reset_fields`` are
     paths whose values this endpoint may not change (``[("status",)]`` on the main resource
     of a type with a status subresource): they keep the live value and are never owned.
+    Neither input is changed; the answer shares the parts the apply left alone with ``live``
+    (the store copies it once before keeping it).
     """
     if not isinstance(applied, dict):
         raise StatusError(400, "BadRequest", "error decoding YAML: the apply body is not an object")
@@ -999,7 +1262,8 @@ def server_side_apply(
     kind = str(applied.get("kind") or (live or {}).get("kind") or "")
     schema = apply_schema_for(kind, api_version, custom=custom)
     errors: list[str] = []
-    _validate_config(applied, schema, (), errors)
+    applied_set: set[Path] = set()
+    _config_walk(applied, schema, (), applied_set, errors)
     if errors:
         meta = applied_meta if isinstance(applied_meta, dict) else {}
         detail = errors[0] if len(errors) == 1 else "errors:\n  " + "\n  ".join(errors)
@@ -1009,6 +1273,12 @@ def server_side_apply(
             f"failed to create typed patch object ({meta.get('namespace', '')}/"
             f"{meta.get('name', '')}; {_gvk_string(api_version, kind)}): {detail}",
         )
+
+    applied_set.discard(())
+    for reset_path in reset_fields:
+        prefix = tuple(("f", name) for name in reset_path)
+        applied_set = {p for p in applied_set if p[: len(prefix)] != prefix}
+    new_set = _strip(applied_set)
 
     sub = subresource or ""
     if live is not None:
@@ -1034,34 +1304,29 @@ def server_side_apply(
         live_clean = None
 
     def attempt(force_now: bool) -> tuple[dict[str, Any], Managers]:
-        working = {i: _Manager(**{**vars(m), "fields": set(m.fields)}) for i, m in managers.items()}
+        working = {i: _Manager(**vars(m)) for i, m in managers.items()}
         lhs = live_clean if live_clean is not None else _MISSING
         merged = _merge(lhs, applied, schema)
         assert isinstance(merged, dict)
+        # merged shares unchanged parts with live: give it its own metadata before changing it
+        meta = merged["metadata"] = dict(merged.get("metadata") or {})
+        live_meta = (live_clean or {}).get("metadata") or {}
         for name in _SERVER_OWNED_META:
-            meta = merged.setdefault("metadata", {})
-            live_meta = (live_clean or {}).get("metadata") or {}
             if name in live_meta:
-                meta[name] = copy.deepcopy(live_meta[name])
+                meta[name] = live_meta[name]
             else:
                 meta.pop(name, None)
         _reset(merged, live_clean, reset_fields)
 
-        new_set = _strip(to_field_set(applied, schema))
-        for reset_path in reset_fields:
-            prefix = tuple(("f", name) for name in reset_path)
-            new_set = {p for p in new_set if p[: len(prefix)] != prefix}
-
         applier = _Manager(manager, "Apply", api_version, sub, None, new_set)
         last = working.get(applier.ident)
-        if last is not None and last.fields:
-            others: set[Path] = set()
+        if last is not None and last.fields and not last.fields <= applied_set:
+            # (when the new configuration covers the last one, pruning removes nothing)
+            managed = set(applied_set)
             for ident, m in working.items():
                 if ident != applier.ident:
-                    others |= m.fields
-            remove = {p for p in last.fields if p not in new_set and p not in others}
-            if remove:
-                merged = _remove_paths(merged, schema, remove, _prefixes(remove), ())
+                    managed |= m.fields
+            merged = _prune(merged, schema, last.fields, managed)
         applier.time = last.time if last is not None else None
         working[applier.ident] = applier
 
@@ -1101,12 +1366,13 @@ def server_side_apply(
     _cap_update_managers(managers)
     _set_managed_fields(merged, managers)
 
-    annotations = (merged.get("metadata") or {}).get("annotations")
+    annotations = merged["metadata"].get("annotations")
     if (
         manager == "kubectl"
         and isinstance(annotations, dict)
         and LAST_APPLIED_ANNOTATION in annotations
     ):
+        annotations = merged["metadata"]["annotations"] = dict(annotations)
         annotations[LAST_APPLIED_ANNOTATION] = _last_applied_value(applied)
     return merged
 

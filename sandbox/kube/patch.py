@@ -21,8 +21,8 @@ which maps are atomic); ``sandbox.kube.managed`` uses the same table for server-
 
 from __future__ import annotations
 
-import copy
 import json
+import marshal
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -41,6 +41,7 @@ __all__ = [
     "apply_schema_for",
     "go_format",
     "is_builtin",
+    "json_copy",
     "json_patch",
     "merge_patch",
     "schema_for",
@@ -48,6 +49,32 @@ __all__ = [
     "strategic_merge_patch",
     "to_json",
 ]
+
+# =============================================================================================
+# Copies
+# =============================================================================================
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, strings, numbers, booleans, None).
+
+    A round trip through ``marshal`` (in C, exact for these types) is several times faster
+    than ``copy.deepcopy``; values marshal cannot carry (subclasses, other objects) fall back
+    to a copy by hand, which makes plain dicts and lists and shares everything else.
+    """
+    try:
+        return marshal.loads(marshal.dumps(value, 2))  # version 2: no shared references
+    except (ValueError, TypeError):
+        return _copy_by_hand(value)
+
+
+def _copy_by_hand(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy_by_hand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_by_hand(v) for v in value]
+    return value
+
 
 # =============================================================================================
 # Merge schema of the built-in kinds
@@ -324,7 +351,7 @@ def skeleton_for(kind: str, api_version: str, *, custom: bool | None = None) -> 
         custom = not is_builtin(api_version, kind)
     if custom:
         return {}
-    base = copy.deepcopy(_SKELETONS.get((_group_of(api_version), kind), {}))
+    base = json_copy(_SKELETONS.get((_group_of(api_version), kind), {}))
     return {"metadata": {"creationTimestamp": None}, **base}
 
 
@@ -515,7 +542,7 @@ def json_patch(obj: dict[str, Any], ops: Any) -> dict[str, Any]:
             "Request entity too large: The allowed maximum operations in a JSON patch is "
             f"{_MAX_JSON_PATCH_OPERATIONS}, got {len(ops)}",
         )
-    doc: Any = copy.deepcopy(obj)
+    doc: Any = json_copy(obj)
     try:
         for op in ops:
             doc = _apply_operation(doc, op)
@@ -529,7 +556,7 @@ def json_patch(obj: dict[str, Any], ops: Any) -> dict[str, Any]:
 def _apply_operation(doc: Any, op: dict[str, Any]) -> Any:
     kind = op.get("op")
     path = _pointer(op.get("path"))
-    value = copy.deepcopy(op.get("value"))
+    value = json_copy(op.get("value"))
     if kind == "add":
         return _add_at(doc, path, value)
     if kind == "remove":
@@ -548,7 +575,7 @@ def _apply_operation(doc: Any, op: dict[str, Any]) -> Any:
         return doc
     if kind in ("move", "copy"):
         source = _pointer(op.get("from"))
-        moved = copy.deepcopy(_get_at(doc, source))
+        moved = json_copy(_get_at(doc, source))
         if kind == "move":
             if path[: len(source)] == source and len(path) > len(source):
                 raise _OpFailed("cannot move a value into one of its children")
@@ -582,14 +609,14 @@ def merge_patch(obj: dict[str, Any], patch: Any) -> dict[str, Any]:
     """Apply an RFC 7386 JSON merge patch (``application/merge-patch+json``) to a copy."""
     if not isinstance(patch, dict):
         raise StatusError(400, "BadRequest", "Invalid JSON Patch")
-    result = _merge_patch_value(copy.deepcopy(obj), patch)
+    result = _merge_patch_value(json_copy(obj), patch)
     assert isinstance(result, dict)
     return result
 
 
 def _merge_patch_value(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     result = target if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -657,7 +684,7 @@ def strategic_merge_patch(
             "map[string]interface {}",
         )
     try:
-        result = _smp_map(copy.deepcopy(obj), copy.deepcopy(patch), schema)
+        result = _smp_map(json_copy(obj), json_copy(patch), schema)
     except _SmpError as exc:
         raise exc.status from None
     return _strip_directives(result)

@@ -24,6 +24,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import marshal
 import random
 import re
 import time
@@ -37,6 +38,7 @@ from typing import Any
 
 from sandbox.kube import errors
 from sandbox.kube.errors import StatusError
+from sandbox.kube.patch import json_copy
 from sandbox.kube.resources import (
     CONFIGMAPS,
     CRDS,
@@ -58,13 +60,7 @@ DEFAULT_HISTORY = 1000
 Key = tuple[str, str]  # (namespace or "", name)
 
 
-def deep_copy(obj: Any) -> Any:
-    """A fast deep copy for JSON-shaped data."""
-    if isinstance(obj, dict):
-        return {k: deep_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [deep_copy(v) for v in obj]
-    return obj
+deep_copy = json_copy  # a fast deep copy for JSON-shaped data (the API boundary's)
 
 
 def rfc3339(ts: float) -> str:
@@ -90,26 +86,49 @@ class WatchEvent:
 
 
 def _pack(obj: dict[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+    # marshal (exact for JSON-shaped data) is ~3x faster to produce than JSON text; zlib'd it
+    # is about a sixth larger than zlib'd compact JSON, still a third of the raw size
+    try:
+        data = marshal.dumps(obj, 2)
+    except ValueError:  # not plain JSON types (a str subclass, say): normalise them first
+        data = marshal.dumps(json.loads(json.dumps(obj)), 2)
+    return zlib.compress(data, 1)
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
-    return json.loads(zlib.decompress(data))
+    return marshal.loads(zlib.decompress(data))
 
 
-@dataclass(frozen=True)
 class _Packed:
-    """One history entry; ``old`` shares the bytes of the object's previous entry."""
+    """One history entry; ``old`` shares the bytes of the object's previous entry.
 
-    rv: int
-    type: str
-    rt: ResourceType
-    new: bytes
-    old: bytes | None
+    While the entry's object is still the live version, ``new`` is that (never changed in
+    place) stored dict itself, costing no memory of its own; it is packed (zlib'd marshal)
+    when a later write supersedes it. Objects that are written once and never again
+    (a cluster's bootstrap objects, most ConfigMaps) are thus never packed at all.
+    """
+
+    __slots__ = ("new", "old", "rt", "rv", "type")
+
+    def __init__(
+        self, rv: int, type: str, rt: ResourceType, new: dict[str, Any] | bytes, old: bytes | None
+    ) -> None:
+        self.rv = rv
+        self.type = type
+        self.rt = rt
+        self.new = new
+        self.old = old
+
+    def packed(self) -> bytes:
+        """The entry's object as bytes (packing it now if it was still held as a dict)."""
+        if not isinstance(self.new, bytes):
+            self.new = _pack(self.new)
+        return self.new
 
     def unpack(self) -> WatchEvent:
         old = _unpack(self.old) if self.old is not None else None
-        return WatchEvent(self.type, self.rt, _unpack(self.new), old)
+        new = _unpack(self.new) if isinstance(self.new, bytes) else deep_copy(self.new)
+        return WatchEvent(self.type, self.rt, new, old)
 
 
 class Watcher:
@@ -817,14 +836,16 @@ class Store:
         self._rng = rng or random.Random()
         self._objects: dict[tuple[str, str], dict[Key, dict[str, Any]]] = {}
         self._rv = 0
-        # the watch history: compact (zlib'd JSON) so a long history costs little memory
+        # the watch history: compact (zlib'd marshal) so a long history costs little memory
         self._history: deque[_Packed] = deque(maxlen=history)
-        self._last_packed: dict[tuple[tuple[str, str], Key], bytes] = {}
+        # each live object's latest history entry (its bytes become the next event's ``old``)
+        self._last_packed: dict[tuple[tuple[str, str], Key], _Packed] = {}
         self._compacted = 0  # highest resourceVersion no longer in the history
         self._subscribers: list[asyncio.Queue[WatchEvent]] = []
         self._watchers: list[Watcher] = []
         self._next_ip = 1
         self.root_ca_pem = root_ca_pem
+        self._now: tuple[int, str] = (-1, "")
         if bootstrap:
             self._bootstrap()
 
@@ -840,7 +861,11 @@ class Store:
         return self._compacted
 
     def now(self) -> str:
-        return rfc3339(self.clock())
+        ts = self.clock()
+        second = int(ts)  # RFC 3339 to the second: formatted once per second
+        if second != self._now[0]:
+            self._now = (second, rfc3339(ts))
+        return self._now[1]
 
     def _bucket(self, rt: ResourceType) -> dict[Key, dict[str, Any]]:
         return self._objects.setdefault(rt.storage, {})
@@ -923,8 +948,12 @@ class Store:
         dry_run: bool = False,
         _managed_done: bool = False,
         subresource: str | None = None,
+        _owned: bool = False,
+        _answer: bool = True,
     ) -> dict[str, Any]:
-        obj = to_storage(rt, deep_copy(obj))
+        # _owned: ``obj`` is the store's own (not the caller's), so it is not copied first;
+        # _answer=False: the caller ignores the answer, so it is not copied out (internal use)
+        obj = to_storage(rt, obj if _owned else deep_copy(obj))
         obj["kind"] = rt.kind
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -972,10 +1001,10 @@ class Store:
             obj = self._record(None, obj, rt, manager, now, subresource)
         if dry_run:
             # a dry-run create answers the would-be object, without a resourceVersion
-            return self._out(rt, obj)
+            return self._out(rt, obj) if _answer else {}
         self._commit(rt, "ADDED", obj, None)
         self._after_create(rt, obj)
-        return self._out(rt, obj)
+        return self._out(rt, obj) if _answer else {}
 
     def update(
         self,
@@ -1085,13 +1114,14 @@ class Store:
                 None, applied, manager=manager, force=force, api_version=rt.api_version, now=now,
                 custom=rt.custom, reset_fields=self._reset_fields(rt, None),
             )  # fmt: skip
-            return (
-                self.create(
-                    rt, namespace, result, manager=manager, dry_run=dry_run, _managed_done=True
-                ),
-                True,
-            )
-        live_out = self._out(rt, live)
+            created = self.create(
+                rt, namespace, result, manager=manager, dry_run=dry_run, _managed_done=True,
+                _owned=True,  # built afresh from the (copied) applied configuration
+            )  # fmt: skip
+            return created, True
+        # a view is enough: server_side_apply changes neither input, and update() copies the
+        # answer (which shares the parts the apply left alone with ``live``) before keeping it
+        live_out = from_storage(rt, dict(live))
         if (
             meta.get("resourceVersion")
             and str(meta["resourceVersion"]) != live_out["metadata"]["resourceVersion"]
@@ -1288,11 +1318,12 @@ class Store:
     ) -> dict[str, Any]:
         from sandbox.kube import managed
 
-        old_v = from_storage(rt, deep_copy(old)) if old is not None else None
-        new_v = from_storage(rt, deep_copy(new))
+        # ``new`` is this write's own copy and record_update never changes ``old``: views in
+        # the served version (from_storage only touches the top level) are enough
+        old_v = from_storage(rt, dict(old)) if old is not None else None
         out = managed.record_update(
-            old_v, new_v, manager=manager, api_version=rt.api_version, now=now,
-            subresource=subresource, custom=rt.custom,
+            old_v, from_storage(rt, new), manager=manager, api_version=rt.api_version, now=now,
+            subresource=subresource, custom=rt.custom, reuse_new=True,
         )  # fmt: skip
         return to_storage(rt, out)
 
@@ -1315,24 +1346,32 @@ class Store:
             if len(self._history) == self._history.maxlen:
                 self._compacted = self._history[0].rv
             slot = (rt.storage, key)
-            new_packed = _pack(obj)
-            old_packed = self._last_packed.get(slot) if old is not None else None
+            previous = self._last_packed.get(slot) if old is not None else None
+            old_packed = previous.packed() if previous is not None else None  # superseded now
             if kind == "DELETED":
                 self._last_packed.pop(slot, None)
+                entry = _Packed(self._rv, kind, rt, _pack(obj), old_packed)
             else:
-                self._last_packed[slot] = new_packed
-            self._history.append(_Packed(self._rv, kind, rt, new_packed, old_packed))
+                entry = _Packed(self._rv, kind, rt, obj, old_packed)
+                self._last_packed[slot] = entry
+            self._history.append(entry)
         else:
             self._compacted = self._rv
-        for q in self._subscribers:
-            q.put_nowait(WatchEvent(kind, rt, self._out(rt, obj), deep_copy(old)))
+        for i, q in enumerate(self._subscribers):
+            # ``old`` left the store with this commit (and its history entry is packed), so the
+            # first subscriber may have it as it is; any others get copies
+            q.put_nowait(
+                WatchEvent(kind, rt, self._out(rt, obj), old if i == 0 else deep_copy(old))
+            )
         for w in self._watchers:
             seen = w.translate(event)
             if seen is not None:
                 w.queue.put_nowait(WatchEvent(seen[0], w.rt, seen[1]))
 
     def _remove(self, rt: ResourceType, key: Key, obj: dict[str, Any]) -> dict[str, Any]:
-        gone = deep_copy(obj)
+        # its own top level and metadata (the commit sets its resourceVersion); nothing else of
+        # it is changed, and what leaves the store is copied out
+        gone = {**obj, "metadata": dict(obj["metadata"])}
         self._commit(rt, "DELETED", gone, obj)
         if rt is CRDS:
             self._crd_removed(gone)
@@ -1485,8 +1524,9 @@ class Store:
         if rt is NAMESPACES:
             ns = obj["metadata"]["name"]
             self.create(
-                SERVICEACCOUNTS, ns, {"metadata": {"name": "default"}}, manager=CONTROLLER_MANAGER
-            )
+                SERVICEACCOUNTS, ns, {"metadata": {"name": "default"}}, manager=CONTROLLER_MANAGER,
+                _owned=True, _answer=False,
+            )  # fmt: skip
             self.create(
                 CONFIGMAPS,
                 ns,
@@ -1496,7 +1536,7 @@ class Store:
                     "internal service IP or kubernetes.default.svc. No other usage is "
                     "guaranteed across distributions of Kubernetes clusters."}},
                  "data": {"ca.crt": self.root_ca_pem}},
-                manager=CONTROLLER_MANAGER,
+                manager=CONTROLLER_MANAGER, _owned=True, _answer=False,
             )  # fmt: skip
         elif rt is CRDS:
             self.registry.add(self._out(CRDS, obj))
@@ -1545,10 +1585,13 @@ class Store:
         ns = owner["metadata"].get("namespace")
         seen: set[tuple[str, str]] = set()
         for rt in list(self.registry.types()):
-            if rt.storage in seen:
+            storage = rt.storage
+            if storage in seen:
                 continue
-            seen.add(rt.storage)
-            bucket = self._bucket(rt)
+            seen.add(storage)
+            bucket = self._objects.get(storage)
+            if not bucket:
+                continue
             for k, obj in list(bucket.items()):
                 if ns and rt.namespaced and k[0] != ns:
                     continue
@@ -1572,7 +1615,10 @@ class Store:
 
     def _bootstrap(self) -> None:
         for ns in INITIAL_NAMESPACES:
-            self.create(NAMESPACES, None, {"metadata": {"name": ns}}, manager=APISERVER)
+            self.create(
+                NAMESPACES, None, {"metadata": {"name": ns}}, manager=APISERVER, _owned=True,
+                _answer=False,
+            )  # fmt: skip
         self.create(
             SERVICES,
             "default",
@@ -1589,6 +1635,8 @@ class Store:
                 },
             },
             manager=APISERVER,
+            _owned=True,
+            _answer=False,
         )
 
     def set_root_ca(self, pem: str) -> None:

@@ -562,6 +562,48 @@ def test_watch_sees_live_changes_with_a_label_selector(kube: SingleCluster):
     assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
 
 
+def test_watch_replay_and_subscribers_never_share_the_stored_objects(kube: SingleCluster):
+    """History entries of objects still live are kept unpacked; replay and subscribers get
+    their own copies, so changing what they were handed changes nothing the server holds."""
+    store = kube.cluster.store
+    core = client.CoreV1Api(kube.api_client())
+    start = core.list_namespaced_config_map("default").metadata.resource_version
+
+    async def writes() -> list[str]:
+        q = store.subscribe()
+        rt = store.registry.by_kind("v1", "ConfigMap")
+        for name in ("a", "b"):
+            store.create(rt, "default", {"metadata": {"name": name, "labels": {"app": "x"}},
+                                         "data": {"k": name}}, manager="m")  # fmt: skip
+        store.update(rt, "default", "a", {"metadata": {"name": "a", "labels": {"app": "y"}},
+                                          "data": {"k": "a2"}}, manager="m")  # fmt: skip
+        seen = []
+        while not q.empty():
+            event = q.get_nowait()
+            seen.append(event.type)
+            for obj in (event.object, event.old):
+                if obj is not None:  # a careless subscriber
+                    obj["data"]["k"] = "changed"
+                    obj["metadata"]["labels"]["app"] = "changed"
+        store.unsubscribe(q)
+        return seen
+
+    assert kube.call(writes()) == ["ADDED", "ADDED", "MODIFIED"]
+    events = [
+        (e["type"], e["object"].metadata.name, e["object"].data["k"], e["object"].metadata.labels)
+        for e in watch.Watch().stream(core.list_namespaced_config_map, "default",
+                                      label_selector="app=x", resource_version=start,
+                                      timeout_seconds=1)
+    ]  # fmt: skip
+    assert events == [
+        ("ADDED", "a", "a", {"app": "x"}),
+        ("ADDED", "b", "b", {"app": "x"}),  # (b is still live: its entry was never packed)
+        ("DELETED", "a", "a2", {"app": "y"}),  # left the selector, reported as it is now
+    ]
+    assert kube.get("configmaps", "default", "b")["data"] == {"k": "b"}
+    assert kube.get("configmaps", "default", "a")["metadata"]["labels"] == {"app": "y"}
+
+
 def test_watch_from_an_expired_resource_version_is_410(tmp_path: Path):
     with SingleCluster(tmp_path, controllers=False, history=5) as kube:
         core = client.CoreV1Api(kube.api_client())

@@ -155,6 +155,63 @@ def test_apply_server_side_create_update_conflict_and_force(kube: SingleCluster)
     assert {e["manager"] for e in held["metadata"]["managedFields"]} == {"kubectl", "rollout-bot"}
 
 
+def test_server_side_apply_after_client_side_apply_migrates_ownership_silently(
+    kube: SingleCluster, tmp_path: Path
+):
+    # kubectl's migration: apply, an apply of the last-applied annotation by
+    # "kubectl-last-applied", a JSON patch folding the kubectl-client-side-apply entry into the
+    # "kubectl" Apply entry (csaupgrade), then the apply again, which prunes what only the
+    # client-side entry owned (defaults, re-defaulted at once). A real cluster answers all four.
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(manifest(deployment("web")))
+    created = kube.kubectl("apply", "-f", str(deploy))
+    assert (created.stdout.strip(), created.stderr) == ("deployment.apps/web created", "")
+    before = kube.get("deployments", "default", "web", group="apps")
+    assert [(e["manager"], e["operation"]) for e in before["metadata"]["managedFields"]] == [
+        ("kubectl-client-side-apply", "Update")
+    ]
+
+    migrated = kube.kubectl("apply", "--server-side", "-f", str(deploy))
+    assert migrated.stdout.strip() == "deployment.apps/web serverside-applied"
+    assert migrated.stderr == ""  # no "failed to re-apply configuration" warning
+    held = kube.get("deployments", "default", "web", group="apps")
+    assert held["spec"] == before["spec"]  # labels kept, pruned defaults re-defaulted
+    assert held["spec"]["template"]["metadata"]["labels"] == {"app": "web"}
+    annotation = held["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    assert json.loads(annotation) == deployment("web")
+
+    shown = json.loads(
+        kube.kubectl("get", "deployment", "web", "-o", "json", "--show-managed-fields").stdout
+    )
+    entries = shown["metadata"]["managedFields"]
+    assert entries == held["metadata"]["managedFields"]
+    assert [(e["manager"], e["operation"], "time" in e) for e in entries] == [
+        ("kubectl-last-applied", "Apply", False),
+        ("kubectl", "Apply", True),
+    ]
+    assert entries[0]["fieldsV1"] == {
+        "f:metadata": {"f:annotations": {"f:kubectl.kubernetes.io/last-applied-configuration": {}}}
+    }
+    assert entries[1]["fieldsV1"] == {
+        "f:spec": {
+            "f:replicas": {},
+            "f:selector": {},
+            "f:template": {
+                "f:metadata": {"f:labels": {"f:app": {}}},
+                "f:spec": {
+                    "f:containers": {'k:{"name":"app"}': {"f:image": {}, "f:name": {}, ".": {}}}
+                },
+            },
+        }
+    }
+
+    # Nothing is left to migrate: the next server-side apply is a plain no-op.
+    again = kube.kubectl("apply", "--server-side", "-f", str(deploy))
+    assert (again.stdout.strip(), again.stderr) == ("deployment.apps/web serverside-applied", "")
+    after = kube.get("deployments", "default", "web", group="apps")
+    assert after["metadata"]["resourceVersion"] == held["metadata"]["resourceVersion"]
+
+
 def test_diff_exits_1_with_a_diff_and_0_without(kube: SingleCluster):
     kube.kubectl("apply", "--server-side", "-f", "-", stdin=manifest(configmap("cfg", {"a": "1"})))
     same = kube.kubectl("diff", "--server-side", "-f", "-",

@@ -759,3 +759,103 @@ def test_custom_resource_lists_are_atomic_and_entries_order_apply_first() -> Non
         "f:metadata": {"f:finalizers": {'v:"x"': {}, ".": {}}},
         "f:spec": {"f:size": {}, ".": {}},
     }
+
+
+def test_reapply_after_ownership_upgrade_prunes_only_what_the_config_dropped() -> None:
+    # kubectl's csaupgrade folds the client-side entry (which owns parents such as
+    # .spec.template.metadata.labels as a whole) into the "kubectl" Apply entry; the re-apply
+    # must keep every parent of a field the config still sets and prune the rest.
+    created = deployment()
+    created["spec"]["strategy"] = {"type": "RollingUpdate"}
+    created["spec"]["progressDeadlineSeconds"] = 600
+    live = stored(
+        record_update(
+            None, created, manager="kubectl-client-side-apply", api_version="apps/v1", now=T0
+        )
+    )
+    live = apply(live, deployment(), "kubectl", T1)
+    upgraded = copy.deepcopy(live)
+    by_manager = {e["manager"]: e for e in entries(live)}
+    merged = copy.deepcopy(by_manager["kubectl-client-side-apply"]["fieldsV1"])
+    assert "." in merged["f:spec"]["f:template"]["f:metadata"]["f:labels"]
+    upgraded["metadata"]["managedFields"] = [{**by_manager["kubectl"], "fieldsV1": merged}]
+    live = stored(record_update(live, upgraded, manager="kubectl", api_version="apps/v1", now=T2))
+    assert [(e["manager"], e["operation"]) for e in entries(live)] == [("kubectl", "Apply")]
+
+    result = apply(live, deployment(), "kubectl", T3)
+    assert result["metadata"]["labels"] == {"app": "web"}
+    assert result["spec"]["template"]["metadata"]["labels"] == {"app": "web"}
+    assert "strategy" not in result["spec"]  # only the client-side entry owned them
+    assert "progressDeadlineSeconds" not in result["spec"]
+    assert summary(result) == [
+        ("kubectl", "Apply", "apps/v1", T3, summary(apply(None, deployment(), "x", T0))[0][4])
+    ]
+
+
+def test_dropped_parent_goes_whole_unless_another_manager_owns_something_in_it() -> None:
+    first = deployment()
+    first["spec"]["template"]["metadata"]["annotations"] = {"a": "1"}
+    first["metadata"]["annotations"] = {"b": "2"}
+    live = apply(None, first, "deployer", T0)
+    edited = copy.deepcopy(live)
+    edited["metadata"]["annotations"]["c"] = "3"
+    live = stored(record_update(live, edited, manager="editor", api_version="apps/v1", now=T1))
+    result = apply(live, deployment(), "deployer", T2)
+    # an emptied map is dropped, not left as {}
+    assert "annotations" not in result["spec"]["template"]["metadata"]
+    assert result["metadata"]["annotations"] == {"c": "3"}
+
+
+def test_true_and_1_differ_like_json_values() -> None:
+    # Python says True == 1; the field manager must not (a change of type is a change)
+    first = deployment()
+    first["spec"]["template"]["spec"]["containers"][0]["args"] = [1, 2.0]
+    first["spec"]["paused"] = 1
+    live = stored(record_update(None, first, manager="creator", api_version="apps/v1", now=T0))
+    changed = copy.deepcopy(live)
+    changed["spec"]["paused"] = True
+    changed["spec"]["template"]["spec"]["containers"][0]["args"] = [True, 2]
+    result = record_update(live, changed, manager="editor", api_version="apps/v1", now=T1)
+    owners = {e["manager"]: field_paths(e["fieldsV1"]) for e in entries(result)}
+    assert owners["editor"] == [
+        ".spec.paused",
+        '.spec.template.spec.containers[name="web"].args',
+    ]
+    # while 2 and 2.0 are the same JSON number: reordering keys or 2.0 -> 2 is no change
+    same = copy.deepcopy(live)
+    same["spec"]["template"]["spec"]["containers"][0]["args"] = [1, 2]
+    same["spec"] = dict(reversed(list(same["spec"].items())))
+    assert record_update(live, same, manager="editor", api_version="apps/v1", now=T1) == {
+        **same,
+        "metadata": live["metadata"],
+    }
+
+
+def test_inputs_are_never_changed() -> None:
+    client_side = deployment()
+    client_side["metadata"]["annotations"] = {LAST_APPLIED_ANNOTATION: "{}"}
+    client_side["status"] = {"replicas": 1}
+    live = stored(
+        record_update(
+            None, client_side, manager="kubectl-client-side-apply", api_version="apps/v1", now=T0
+        )
+    )
+    applied = deployment(replicas=5, image="nginx:2")
+    applied["metadata"]["annotations"] = {"note": "x"}
+    before = copy.deepcopy((live, applied))
+    result = server_side_apply(
+        live, applied, manager="kubectl", force=True, api_version="apps/v1", now=T1,
+        reset_fields=[("status",)],
+    )  # fmt: skip
+    status = server_side_apply(
+        live, {**applied, "status": {"replicas": 3}}, manager="ctrl", force=True,
+        api_version="apps/v1", now=T1, subresource="status",
+        reset_fields=[("spec",), ("metadata", "labels")],
+    )  # fmt: skip
+    updated = record_update(live, applied, manager="editor", api_version="apps/v1", now=T2)
+    assert (live, applied) == before
+    assert result["spec"]["replicas"] == 5
+    assert status["status"] == {"replicas": 3}
+    assert result["metadata"]["annotations"][LAST_APPLIED_ANNOTATION] != "{}"
+    updated["spec"]["replicas"] = 9  # the answer of record_update is a copy
+    assert applied["spec"]["replicas"] == 5

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sandbox.kube.errors import StatusError
-from sandbox.kube.patch import json_patch, merge_patch, strategic_merge_patch
+from sandbox.kube.patch import json_copy, json_patch, merge_patch, strategic_merge_patch
 
 REJECTED = {
     "kind": "Status",
@@ -555,3 +555,24 @@ def test_strategic_merge_patch_body_must_be_an_object() -> None:
     assert info.value.message == (
         "json: cannot unmarshal array into Go value of type map[string]interface {}"
     )
+
+
+def test_json_copy_is_deep_and_keeps_exact_types() -> None:
+    class Label(str):
+        pass
+
+    value: dict[str, Any] = {
+        "a": [1, 1.0, True, None, "x", {"b": [False, 0]}],
+        "c": {"d": {"e": "é"}},
+    }
+    copied = json_copy(value)
+    assert copied == value
+    assert [type(v) for v in copied["a"][:5]] == [int, float, bool, type(None), str]
+    copied["a"][5]["b"].append(1)
+    copied["c"]["d"]["e"] = "f"
+    assert value == {"a": [1, 1.0, True, None, "x", {"b": [False, 0]}], "c": {"d": {"e": "é"}}}
+    # what marshal cannot carry is copied by hand (containers new, the rest shared)
+    odd = {"l": Label("v"), "n": [Label("w")]}
+    odd_copy = json_copy(odd)
+    assert odd_copy == odd
+    assert odd_copy["n"] is not odd["n"]
