@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 READY_PREFIX = "sandbox ready"
 
@@ -40,6 +43,14 @@ def free_port(start: int, *, tries: int = 100) -> int:
                 continue
             return port
     raise SystemExit(f"demo: no free port in {start}..{start + tries - 1} on 127.0.0.1")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def port_open(port: int) -> bool:
@@ -71,7 +82,7 @@ class Demo:
         self.clusters = clusters
         self.ui_port = ui_port
         self.processes: list[subprocess.Popen[str]] = []
-        self.sandbox_ports: list[int] = []
+        self.fleet: dict[str, Any] = {}  # the sandbox's fleet.json, once it is ready
 
     @property
     def api_url(self) -> str:
@@ -153,27 +164,57 @@ class Demo:
         self._write_env(sandbox_dir)
         print(ready, flush=True)
         self._discover_once()
-        print(
-            "\n".join(
-                [
-                    "",
-                    f"fleetops demo is up ({self.clusters} sandbox clusters)",
-                    f"  Prefect UI        http://127.0.0.1:{self.ui_port}",
-                    f"  kubeconfig        {sandbox_dir / 'kubeconfig'}",
-                    f"  sandbox settings  {sandbox_dir / 'sandbox.env'}",
-                    f"  all settings      {self.workdir / 'demo.env'}",
-                    "",
-                    "Try:",
-                    f"  kubectl --kubeconfig {sandbox_dir / 'kubeconfig'} config get-contexts",
-                    f"  kubectl --kubeconfig {sandbox_dir / 'kubeconfig'} --context "
-                    f"{self._first_context(sandbox_dir)} get namespaces",
-                    f"  set -a; . {self.workdir / 'demo.env'}; set +a; .venv/bin/fleetops settings",
-                    "",
-                    "Press Ctrl-C to stop everything.",
-                ]
-            ),
-            flush=True,
+        self.fleet = json.loads((sandbox_dir / "fleet.json").read_text())
+        print(self._banner(sandbox_dir), flush=True)
+
+    def _banner(self, sandbox_dir: Path) -> str:
+        kubeconfig = sandbox_dir / "kubeconfig"
+        services = self.fleet.get("services", {})
+        providers = ", ".join(
+            f"{k} {v}" for k, v in sorted(self.fleet.get("providers", {}).items())
         )
+        lines = [
+            "",
+            f"fleetops demo is up ({self.clusters} sandbox clusters: {providers})",
+            f"  Prefect UI        http://127.0.0.1:{self.ui_port}",
+            f"  kubeconfig        {kubeconfig}",
+            f"  sandbox settings  {sandbox_dir / 'sandbox.env'}",
+            f"  all settings      {self.workdir / 'demo.env'}",
+            f"  fault switches    {self.fleet['control_url']}",
+        ]
+        labels = {
+            "aws": ("AWS (moto: EKS, Route 53)", "endpoint_url"),
+            "gke": ("GKE API", "endpoint"),
+            "aks": ("AKS API", "base_url"),
+            "vault": ("Vault (OpenBao)", "addr"),
+            "slack": ("Slack Web API", "base_url"),
+        }
+        for name, (label, key) in labels.items():
+            if name in services:
+                lines.append(f"  {label:<26}{services[name][key]}")
+        context = self._first_context(sandbox_dir)
+        lines += [
+            "",
+            "Try:",
+            f"  kubectl --kubeconfig {kubeconfig} config get-contexts",
+            f"  kubectl --kubeconfig {kubeconfig} --context {context} get namespaces",
+            f"  set -a; . {self.workdir / 'demo.env'}; set +a; .venv/bin/fleetops inventory list",
+            f"  curl -X PATCH {self.fleet['control_url']}/clusters/{context}/faults "
+            """-d '{"latency_seconds": 0.5}'""",
+            "",
+            "Press Ctrl-C to stop everything.",
+        ]
+        return "\n".join(lines)
+
+    def _sandbox_ports(self) -> list[int]:
+        """Every port the sandbox listed in fleet.json (clusters, services, control)."""
+        if not self.fleet:
+            return []
+        urls = [self.fleet.get("control_url", "")]
+        urls += [c.get("server", "") for c in self.fleet.get("clusters", [])]
+        for service in self.fleet.get("services", {}).values():
+            urls += [v for k, v in service.items() if isinstance(v, str) and "://127.0.0.1:" in v]
+        return [urlsplit(u).port or 0 for u in urls if "://127.0.0.1:" in u]
 
     @staticmethod
     def _drain(process: subprocess.Popen[str]) -> None:
@@ -247,8 +288,15 @@ class Demo:
             # Children of the group still alive: stop them too, and report it.
             left.append(f"process group {process.pid} ({process.args[2]})")
             os.killpg(process.pid, signal.SIGKILL)
-        if port_open(self.ui_port):
-            left.append(f"port {self.ui_port} still open")
+        vault_pid = self.fleet.get("services", {}).get("vault", {}).get("pid")
+        if vault_pid and _alive(int(vault_pid)):
+            # bao runs in a session of its own; the sandbox stops it, this only checks.
+            left.append(f"vault (bao) pid {vault_pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(vault_pid), signal.SIGKILL)
+        left += [
+            f"port {p} still open" for p in [self.ui_port, *self._sandbox_ports()] if port_open(p)
+        ]
         return left
 
 

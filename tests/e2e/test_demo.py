@@ -109,6 +109,18 @@ def test_demo_serves_the_ui_and_the_fleet_then_stops_everything(tmp_path: Path) 
             if line.strip().startswith("server: https://127.0.0.1:")
         ]
         assert len(cluster_ports) == 3
+        fleet = json.loads((tmp_path / "sandbox" / "fleet.json").read_text())
+        vault_pid = int(fleet["services"]["vault"]["pid"])
+        assert _pid_alive(vault_pid)
+        service_ports = [
+            int(url.rsplit(":", 1)[1].split("/")[0])
+            for service in fleet["services"].values()
+            for url in service.values()
+            if isinstance(url, str) and url.startswith(("http://127.0.0.1:", "https://127.0.0.1:"))
+        ]
+        assert len(service_ports) >= 5  # aws, gke, aks, vault, slack
+        # discovery ran once at start, so the UI shows a filled inventory
+        assert "discovery ran once" in output, output
     finally:
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
@@ -116,4 +128,5 @@ def test_demo_serves_the_ui_and_the_fleet_then_stops_everything(tmp_path: Path) 
     assert "no process left behind" in rest
     assert [pid for pid in children if _pid_alive(pid)] == []
     assert not _port_open(ui_port)
-    assert [port for port in cluster_ports if _port_open(port)] == []
+    assert [port for port in cluster_ports + service_ports if _port_open(port)] == []
+    assert not _pid_alive(vault_pid)
