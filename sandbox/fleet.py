@@ -60,7 +60,6 @@ import resource
 import secrets
 import shlex
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -84,6 +83,8 @@ from sandbox.clouds.common import (
     Listener,
     ProviderFaults,
     ProviderFaultsError,
+    close_site,
+    open_site,
 )
 from sandbox.control import control_app
 from sandbox.kube.certs import ClusterCerts, issue_cluster_certs
@@ -936,37 +937,18 @@ class Fleet:
 
     async def _open_listener(self, member: _Member) -> None:
         assert member.runner is not None
-        sock = _listening_socket(member.port)
-        site = web.SockSite(member.runner, sock, ssl_context=member.ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            sock.close()
-            raise
-        member.site = site
-        member.port = sock.getsockname()[1]
+        member.site, member.port = await open_site(member.runner, member.port, member.ssl_context)
 
     async def _close_listener(self, member: _Member) -> None:
         site, member.site = member.site, None
-        if site is not None:
-            await site.stop()
-        server = member.runner.server if member.runner is not None else None
-        if server is not None:
-            for connection in server.connections:
-                connection.force_close()
+        await close_site(site, member.runner)
 
     async def _start_control(self) -> None:
         runner = web.AppRunner(control_app(self), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._control_runner = runner
-        sock = _listening_socket(self._control_port)
-        site = web.SockSite(runner, sock)
-        try:
-            await site.start()
-        except BaseException:
-            sock.close()
-            raise
-        self._control_url = f"http://{HOST}:{sock.getsockname()[1]}"
+        _, port = await open_site(runner, self._control_port)
+        self._control_url = f"http://{HOST}:{port}"
 
     async def _stop_services(self) -> None:
         svc, started = self._svc, list(self._svc.started)
@@ -1244,19 +1226,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _listening_socket(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _write_file(path: Path, text: str, *, private: bool) -> None:

@@ -315,6 +315,30 @@ def listening_socket(port: int) -> socket.socket:
     return sock
 
 
+async def open_site(
+    runner: web.AppRunner, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.SockSite, int]:
+    """Start serving ``runner`` on ``127.0.0.1:port`` (0: a free port); returns the site and port."""
+    sock = listening_socket(port)
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except BaseException:
+        sock.close()
+        raise
+    return site, sock.getsockname()[1]
+
+
+async def close_site(site: web.BaseSite | None, runner: web.AppRunner | None) -> None:
+    """Stop listening on ``site`` and drop ``runner``'s open connections (new ones are refused)."""
+    if site is not None:
+        await site.stop()
+    server = runner.server if runner is not None else None
+    if server is not None:
+        for connection in server.connections:
+            connection.force_close()
+
+
 class Listener:
     """Serves one aiohttp app on ``127.0.0.1``; can stop and resume listening on the same port.
 
@@ -356,25 +380,12 @@ class Listener:
         """Listen again (same port); nothing happens if already listening."""
         if self._site is not None or self._runner is None:
             return
-        sock = listening_socket(self.port)
-        site = web.SockSite(self._runner, sock, ssl_context=self._ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            sock.close()
-            raise
-        self._site = site
-        self.port = sock.getsockname()[1]
+        self._site, self.port = await open_site(self._runner, self.port, self._ssl_context)
 
     async def pause(self) -> None:
         """Stop listening and drop open connections: new connections are refused."""
         site, self._site = self._site, None
-        if site is not None:
-            await site.stop()
-        server = self._runner.server if self._runner is not None else None
-        if server is not None:
-            for connection in server.connections:
-                connection.force_close()
+        await close_site(site, self._runner)
 
     async def stop(self) -> None:
         await self.pause()

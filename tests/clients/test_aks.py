@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import trustme
-from azure.core.credentials import AccessToken
 from pydantic import SecretStr
 
 from fleetops.clients.aks import (
@@ -26,58 +22,38 @@ from fleetops.domain.sources import AksSourceConfig
 from fleetops.errors import AuthError, NotFound, RateLimited, Unreachable
 from fleetops.settings import AksSettings
 from sandbox.clouds.aks import AksSandbox
-from sandbox.clouds.common import CloudCluster
 from sandbox.fleet import Fleet
-from tests.clients.conftest import LoopThread
+from tests.support.clouds import (
+    CA_PEM,
+    SUB_A,
+    SUB_B,
+    SUB_LOCKED,
+    aks_cluster,
+    fail_then_pass_seed,
+    fleet_member,
+    fresh,
+    started,
+)
+from tests.support.hosting import LoopHost
 
 ARM_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJzdWIiOiJmbGVldG9wcyJ9.sandbox-arm"
-SUB_A = "00000000-0000-4000-8000-00000000000a"
-SUB_B = "00000000-0000-4000-8000-00000000000b"
-SUB_LOCKED = "00000000-0000-4000-8000-00000000000c"
-CA_PEM = trustme.CA().cert_pem.bytes().decode()
 #: user tokens by cluster id for clusters that lead to the fleet (others get a made-up one)
 USER_TOKENS: dict[str, str] = {}
 
 
-def _cluster(sub: str, group: str, location: str, name: str, port: int, **kw: Any) -> CloudCluster:
-    return CloudCluster(
-        provider="aks",
-        account=sub,
-        location=location,
-        name=name,
-        endpoint=f"https://127.0.0.1:{port}",
-        ca_pem=CA_PEM,
-        kubernetes_version="v1.29.7",
-        resource_group=group,
-        **kw,
-    )
-
-
 CLUSTERS = [
-    _cluster(SUB_A, "rg-prod", "eastus", "aks-prod-1", 8001, labels={"env": "prod"}),
-    _cluster(SUB_A, "rg-prod", "westeurope", "aks-prod-2", 8002, labels={"env": "prod"}),
-    _cluster(SUB_A, "rg-dev", "eastus", "aks-dev-1", 8003, labels={"env": "dev"}),
-    _cluster(SUB_A, "rg-dev", "eastus", "aks-dev-2", 8004, status="STOPPED"),
-    _cluster(SUB_A, "Team (Dev)", "southeastasia", "aks-dev-3", 8005),
-    _cluster(SUB_B, "rg-shared", "westeurope", "aks-shared", 8006, labels={"env": "staging"}),
-    _cluster(SUB_LOCKED, "rg-x", "eastus", "aks-locked", 8007),
+    aks_cluster(SUB_A, "rg-prod", "eastus", "aks-prod-1", 8001, labels={"env": "prod"}),
+    aks_cluster(SUB_A, "rg-prod", "westeurope", "aks-prod-2", 8002, labels={"env": "prod"}),
+    aks_cluster(SUB_A, "rg-dev", "eastus", "aks-dev-1", 8003, labels={"env": "dev"}),
+    aks_cluster(SUB_A, "rg-dev", "eastus", "aks-dev-2", 8004, status="STOPPED"),
+    aks_cluster(SUB_A, "Team (Dev)", "southeastasia", "aks-dev-3", 8005),
+    aks_cluster(SUB_B, "rg-shared", "westeurope", "aks-shared", 8006, labels={"env": "staging"}),
+    aks_cluster(SUB_LOCKED, "rg-x", "eastus", "aks-locked", 8007),
 ]
 
 
-class CountingCredential:
-    """An azure-core credential for tests: one fixed token, and the scopes asked for."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.scopes: list[tuple[str, ...]] = []
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.scopes.append(scopes)
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-
 @pytest.fixture(scope="module")
-def aks_module(loop: LoopThread) -> Iterator[AksSandbox]:
+def aks_module(loop: LoopHost) -> Iterator[AksSandbox]:
     sandbox = AksSandbox(
         CLUSTERS,
         access_token=ARM_TOKEN,
@@ -85,16 +61,12 @@ def aks_module(loop: LoopThread) -> Iterator[AksSandbox]:
         subscriptions={SUB_LOCKED: False},
         page_size=2,
     )
-    loop.call(sandbox.start())
-    yield sandbox
-    loop.call(sandbox.stop())
+    yield from started(sandbox, loop)
 
 
 @pytest.fixture
-def aks(aks_module: AksSandbox, loop: LoopThread) -> Iterator[AksSandbox]:
-    aks_module.requests.clear()
-    yield aks_module
-    loop.call(aks_module.apply_faults(latency_seconds=0.0, error_rate=0.0, outage=False))
+def aks(aks_module: AksSandbox, loop: LoopHost) -> Iterator[AksSandbox]:
+    yield from fresh(aks_module, loop)
 
 
 def _clients(aks: AksSandbox, *, token: str = ARM_TOKEN, retry_total: int = 3) -> AksClients:
@@ -202,8 +174,8 @@ def test_wrong_arm_token_is_an_auth_error(aks: AksSandbox) -> None:
     assert "eyJ" not in str(caught.value)
 
 
-def test_throttling_is_retried_after_retry_after(aks: AksSandbox, loop: LoopThread) -> None:
-    aks.faults.rng.seed(_fail_then_pass_seed(0.5))
+def test_throttling_is_retried_after_retry_after(aks: AksSandbox, loop: LoopHost) -> None:
+    aks.faults.rng.seed(fail_then_pass_seed(0.5))
     loop.call(aks.apply_faults(error_rate=0.5, retry_after_seconds=0))
     result = _discovery(aks, SUB_B).discover()
     assert [c.name for c in result.clusters] == ["aks-shared"]
@@ -213,7 +185,7 @@ def test_throttling_is_retried_after_retry_after(aks: AksSandbox, loop: LoopThre
     ]
 
 
-def test_throttling_past_the_retries_is_rate_limited(aks: AksSandbox, loop: LoopThread) -> None:
+def test_throttling_past_the_retries_is_rate_limited(aks: AksSandbox, loop: LoopHost) -> None:
     loop.call(aks.apply_faults(error_rate=1.0, retry_after_seconds=0))
     with pytest.raises(RateLimited) as caught:
         _discovery(aks, SUB_B, retry_total=1).discover()
@@ -222,7 +194,7 @@ def test_throttling_past_the_retries_is_rate_limited(aks: AksSandbox, loop: Loop
     assert aks.requests.injected() == 2  # azure-core's one retry
 
 
-def test_outage_is_unreachable(aks: AksSandbox, loop: LoopThread) -> None:
+def test_outage_is_unreachable(aks: AksSandbox, loop: LoopHost) -> None:
     discovery = _discovery(aks, SUB_B, retry_total=0)
     loop.call(aks.apply_faults(outage=True))
     with pytest.raises(Unreachable) as caught:
@@ -267,16 +239,7 @@ users:
 
 def test_discovered_cluster_accepts_its_user_credential(aks: AksSandbox, fleet: Fleet) -> None:
     name = fleet.names[2]
-    published = CloudCluster(
-        provider="aks",
-        account=SUB_B,
-        location="northeurope",
-        name=name,
-        endpoint=fleet.server(name),
-        ca_pem=fleet.ca_pem(name).decode(),
-        kubernetes_version=fleet.cluster(name).spec.kubernetes_version,
-        resource_group="rg-fleet",
-    )
+    published = fleet_member(fleet, name, "aks", SUB_B, "northeurope", resource_group="rg-fleet")
     USER_TOKENS[published.id] = fleet.token(name)
     aks.add_cluster(published)
     try:
@@ -290,11 +253,3 @@ def test_discovered_cluster_accepts_its_user_credential(aks: AksSandbox, fleet: 
     assert cluster.endpoint == fleet.server(name)
     assert result.ok, result.error
     assert result.version == published.kubernetes_version
-
-
-def _fail_then_pass_seed(rate: float) -> int:
-    for seed in range(1000):
-        rng = random.Random(seed)
-        if rng.random() < rate <= rng.random():
-            return seed
-    raise AssertionError("no seed found")

@@ -14,7 +14,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
-import trustme
 
 from fleetops.clients.eks import (
     AwsSessions,
@@ -32,25 +31,14 @@ from sandbox.clouds.aws import AwsSandbox, eks_authenticator
 from sandbox.clouds.common import AWS_MANAGEMENT_ACCOUNT, CloudCluster
 from sandbox.fleet import Fleet
 from sandbox.kube.cluster import ClusterSpec, SandboxCluster
+from tests.support.clouds import ACCOUNT_A, ACCOUNT_B, CA_PEM, cloud_cluster, fleet_member
 
-ACCOUNT_A = "111111111111"
-ACCOUNT_B = "222222222222"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 PAGE = 3
-CA_PEM = trustme.CA().cert_pem.bytes().decode()
 
 
 def _cluster(account: str, region: str, name: str, port: int, **kw: Any) -> CloudCluster:
-    return CloudCluster(
-        provider="eks",
-        account=account,
-        location=region,
-        name=name,
-        endpoint=f"https://127.0.0.1:{port}",
-        ca_pem=CA_PEM,
-        kubernetes_version="v1.30.6",
-        **kw,
-    )
+    return cloud_cluster("eks", account, region, name, port, kubernetes_version="v1.30.6", **kw)
 
 
 # 2 accounts x 3 regions; us-east-1 of account A holds more clusters than one page.
@@ -95,15 +83,7 @@ def eks_fleet(aws_module: AwsSandbox, tmp_path_factory: pytest.TempPathFactory) 
         cluster_factory=eks_cluster,
     ) as fleet:
         name = fleet.names[0]
-        published = CloudCluster(
-            provider="eks",
-            account=ACCOUNT_B,
-            location="eu-west-1",
-            name=name,
-            endpoint=fleet.server(name),
-            ca_pem=fleet.ca_pem(name).decode(),
-            kubernetes_version=fleet.cluster(name).spec.kubernetes_version,
-        )
+        published = fleet_member(fleet, name, "eks", ACCOUNT_B, "eu-west-1")
         aws_module.add_cluster(published)
         yield fleet
         aws_module.remove_cluster(published.id)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 
 import pytest
-import trustme
 from google.oauth2.credentials import Credentials
 from pydantic import SecretStr
 
@@ -16,50 +14,41 @@ from fleetops.domain.cluster import AuthMethod, Provider
 from fleetops.domain.sources import GkeSourceConfig
 from fleetops.errors import AuthError, ConfigError, RateLimited, Unreachable
 from fleetops.settings import GkeSettings
-from sandbox.clouds.common import CloudCluster
 from sandbox.clouds.gke import GkeSandbox
 from sandbox.fleet import Fleet
-from tests.clients.conftest import LoopThread
+from tests.support.clouds import (
+    CA_PEM,
+    fail_then_pass_seed,
+    fleet_member,
+    fresh,
+    gke_cluster,
+    started,
+)
+from tests.support.hosting import LoopHost
 
 TOKEN = "ya29.sandbox-gke-access-token"
-CA_PEM = trustme.CA().cert_pem.bytes().decode()
-
-
-def _cluster(project: str, location: str, name: str, port: int, **kw: object) -> CloudCluster:
-    return CloudCluster(
-        provider="gke",
-        account=project,
-        location=location,
-        name=name,
-        endpoint=f"https://127.0.0.1:{port}",
-        ca_pem=CA_PEM,
-        kubernetes_version="v1.30.5",
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 CLUSTERS = [
-    _cluster("fleet-prod", "us-central1", "prod-us", 7001, labels={"env": "prod", "Team": "Web"}),
-    _cluster("fleet-prod", "europe-west1-b", "prod-eu", 7002, labels={"env": "prod"}),
-    _cluster("fleet-dev", "asia-east1", "dev-asia", 7003),
-    _cluster("fleet-dev", "us-central1", "dev-new", 7004, status="PROVISIONING"),
-    _cluster("fleet-secret", "us-central1", "hidden", 7005),
+    gke_cluster(
+        "fleet-prod", "us-central1", "prod-us", 7001, labels={"env": "prod", "Team": "Web"}
+    ),
+    gke_cluster("fleet-prod", "europe-west1-b", "prod-eu", 7002, labels={"env": "prod"}),
+    gke_cluster("fleet-dev", "asia-east1", "dev-asia", 7003),
+    gke_cluster("fleet-dev", "us-central1", "dev-new", 7004, status="PROVISIONING"),
+    gke_cluster("fleet-secret", "us-central1", "hidden", 7005),
 ]
 
 
 @pytest.fixture(scope="module")
-def gke_module(loop: LoopThread) -> Iterator[GkeSandbox]:
+def gke_module(loop: LoopHost) -> Iterator[GkeSandbox]:
     sandbox = GkeSandbox(CLUSTERS, access_token=TOKEN, projects={"fleet-secret": False})
-    loop.call(sandbox.start())
-    yield sandbox
-    loop.call(sandbox.stop())
+    yield from started(sandbox, loop)
 
 
 @pytest.fixture
-def gke(gke_module: GkeSandbox, loop: LoopThread) -> Iterator[GkeSandbox]:
-    gke_module.requests.clear()
-    yield gke_module
-    loop.call(gke_module.apply_faults(latency_seconds=0.0, error_rate=0.0, outage=False))
+def gke(gke_module: GkeSandbox, loop: LoopHost) -> Iterator[GkeSandbox]:
+    yield from fresh(gke_module, loop)
 
 
 def _discovery(gke: GkeSandbox, *projects: str, **kw: float) -> GkeDiscovery:
@@ -135,8 +124,8 @@ def test_wrong_token_is_an_auth_error(gke: GkeSandbox) -> None:
     assert "not-the-token" not in str(caught.value)
 
 
-def test_throttling_is_retried_by_google_api_core(gke: GkeSandbox, loop: LoopThread) -> None:
-    gke.faults.rng.seed(_fail_then_pass_seed(0.5))
+def test_throttling_is_retried_by_google_api_core(gke: GkeSandbox, loop: LoopHost) -> None:
+    gke.faults.rng.seed(fail_then_pass_seed(0.5))
     loop.call(gke.apply_faults(error_rate=0.5))
 
     result = _discovery(gke, "fleet-prod").discover()
@@ -145,7 +134,7 @@ def test_throttling_is_retried_by_google_api_core(gke: GkeSandbox, loop: LoopThr
     assert [(r.status, r.injected) for r in gke.requests.records()] == [(429, True), (200, False)]
 
 
-def test_throttling_past_the_deadline_is_rate_limited(gke: GkeSandbox, loop: LoopThread) -> None:
+def test_throttling_past_the_deadline_is_rate_limited(gke: GkeSandbox, loop: LoopHost) -> None:
     loop.call(gke.apply_faults(error_rate=1.0))
     with pytest.raises(RateLimited) as caught:
         _discovery(gke, "fleet-prod", retry_deadline_seconds=1.0).discover()
@@ -154,7 +143,7 @@ def test_throttling_past_the_deadline_is_rate_limited(gke: GkeSandbox, loop: Loo
     assert gke.requests.injected() >= 2
 
 
-def test_outage_is_unreachable(gke: GkeSandbox, loop: LoopThread) -> None:
+def test_outage_is_unreachable(gke: GkeSandbox, loop: LoopHost) -> None:
     discovery = _discovery(gke, "fleet-prod")
     loop.call(gke.apply_faults(outage=True))
     with pytest.raises(Unreachable) as caught:
@@ -181,19 +170,11 @@ def test_access_token_of_the_credentials(gke: GkeSandbox) -> None:
     assert token.expires_at is None
 
 
-def test_discovered_cluster_accepts_the_google_token(loop: LoopThread, fleet: Fleet) -> None:
+def test_discovered_cluster_accepts_the_google_token(loop: LoopHost, fleet: Fleet) -> None:
     """In GKE the same Google access token reads the GKE API and logs into the cluster; the
     sandbox stand-in is given the fleet cluster's token as its access token to play that."""
     name = fleet.names[0]
-    published = CloudCluster(
-        provider="gke",
-        account="fleet-live",
-        location="us-east4-a",
-        name=name,
-        endpoint=fleet.server(name),
-        ca_pem=fleet.ca_pem(name).decode(),
-        kubernetes_version=fleet.cluster(name).spec.kubernetes_version,
-    )
+    published = fleet_member(fleet, name, "gke", "fleet-live", "us-east4-a")
     sandbox = GkeSandbox([published], access_token=fleet.token(name))
     loop.call(sandbox.start())
     try:
@@ -209,12 +190,3 @@ def test_discovered_cluster_accepts_the_google_token(loop: LoopThread, fleet: Fl
         loop.call(sandbox.stop())
     assert result.ok, result.error
     assert result.version == published.kubernetes_version
-
-
-def _fail_then_pass_seed(rate: float) -> int:
-    """A seed whose first draw injects an error and whose second does not."""
-    for seed in range(1000):
-        rng = random.Random(seed)
-        if rng.random() < rate <= rng.random():
-            return seed
-    raise AssertionError("no seed found")

@@ -7,23 +7,22 @@ can assert on what the server holds.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
+import ssl
 import subprocess
-import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trustme
 import yaml
-from aiohttp import web
 from kubernetes import client
 
 from sandbox.kube.cluster import Authenticator, ClusterSpec, SandboxCluster
+from tests.support.hosting import LoopHost
 
 T = TypeVar("T")
 KUBECTL = "/usr/bin/kubectl"
@@ -52,81 +51,53 @@ class SingleCluster:
         self._clock = clock
         self._controllers = controllers
         self._history = history
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self.host: LoopHost
         self.cluster: SandboxCluster
-        self.port = 0
+        self.url = ""
         self.ca_path = tmp_path / "ca.pem"
         self.kubeconfig = tmp_path / "kubeconfig"
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> SingleCluster:
-        self._thread.start()
         ca = trustme.CA()
         leaf = ca.issue_cert("127.0.0.1", "localhost")
         ca.cert_pem.write_to_path(str(self.ca_path))
-        import ssl
-
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         leaf.configure_cert(ctx)
-        self.call(self._start(ctx))
+        self.host = LoopHost(name="single-cluster")
+        try:
+            self.call(self._start())
+            self.url = self.host.serve(self.cluster.app(), ssl_context=ctx)
+        except BaseException:
+            self.host.close()
+            raise
         self._write_kubeconfig(ca.cert_pem.bytes())
         return self
 
-    async def _start(self, ctx: Any) -> None:
+    async def _start(self) -> None:
         self.cluster = SandboxCluster(
             self.spec, authenticator=self._authenticator, clock=self._clock
         )
         if self._history is not None:
-            from collections import deque
-
             self.cluster.store._history = deque(maxlen=self._history)  # a short watch history
         if self._controllers:
             await self.cluster.start()
-        self._runner = web.AppRunner(self.cluster.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _stop(self) -> None:
-        await self.cluster.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.call(self._stop(), timeout=10)
+            self.call(self.cluster.stop(), timeout=10)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-            self.loop.close()
+            self.host.close()  # cleans up the app runner, stops the loop, joins the thread
 
     # --- helpers ---------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
     def call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.host.call(coro, timeout)
 
     def run(self, fn: Callable[[], T], timeout: float = 30) -> T:
         """Run ``fn`` on the cluster's loop (the store is not thread-safe) and return its value."""
-        fut: Future[T] = Future()
-
-        def go() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as e:
-                fut.set_exception(e)
-
-        self.loop.call_soon_threadsafe(go)
-        return fut.result(timeout)
+        return self.host.run(fn, timeout)
 
     def get(self, kind_plural: str, namespace: str | None, name: str, group: str = "",
             version: str = "v1") -> dict[str, Any]:  # fmt: skip

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import base64
-import random
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
 import pytest
-import trustme
 import yaml
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -23,64 +20,47 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.containerservice import ContainerServiceClient
 
 from sandbox.clouds.aks import AksSandbox
-from sandbox.clouds.common import CloudCluster
 from sandbox.fleet import Fleet
-from tests.sandbox._cloudhost import CloudHost
+from tests.support.clouds import (
+    CA_PEM,
+    SUB_A,
+    SUB_B,
+    SUB_LOCKED,
+    StaticCredential,
+    aks_cluster,
+    fail_then_pass_seed,
+    fleet_member,
+    fresh,
+    started,
+)
+from tests.support.hosting import LoopHost
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.sandbox-arm-token"
-SUB_A = "00000000-0000-4000-8000-00000000000a"
-SUB_B = "00000000-0000-4000-8000-00000000000b"
-SUB_LOCKED = "00000000-0000-4000-8000-00000000000c"
-CA_PEM = trustme.CA().cert_pem.bytes().decode()
 #: per-cluster user tokens that override the made-up default (cluster id -> token)
 USER_TOKENS: dict[str, str] = {}
 
 
-class StaticCredential:
-    """What azure-identity credentials are to azure-core: ``get_token`` -> ``AccessToken``."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.scopes: list[tuple[str, ...]] = []
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.scopes.append(scopes)
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-
-def _cluster(sub: str, group: str, location: str, name: str, port: int, **kw: Any) -> CloudCluster:
-    return CloudCluster(
-        provider="aks",
-        account=sub,
-        location=location,
-        name=name,
-        endpoint=f"https://127.0.0.1:{port}",
-        ca_pem=CA_PEM,
-        kubernetes_version="v1.29.7",
-        resource_group=group,
-        **kw,
-    )
-
-
 CLUSTERS = [
-    _cluster(SUB_A, "rg-prod", "eastus", "aks-prod-1", 8001, labels={"env": "prod", "team": "web"}),
-    _cluster(SUB_A, "rg-prod", "westeurope", "aks-prod-2", 8002, labels={"env": "prod"}),
-    _cluster(SUB_A, "rg-dev", "eastus", "aks-dev-1", 8003, labels={"env": "dev"}),
-    _cluster(SUB_A, "rg-dev", "eastus", "aks-dev-2", 8004, status="STOPPED"),
-    _cluster(SUB_A, "rg-dev", "southeastasia", "aks-dev-3", 8005),
-    _cluster(SUB_B, "rg-shared", "westeurope", "aks-shared", 8006, labels={"env": "staging"}),
-    _cluster(SUB_LOCKED, "rg-x", "eastus", "aks-locked", 8007),
+    aks_cluster(
+        SUB_A, "rg-prod", "eastus", "aks-prod-1", 8001, labels={"env": "prod", "team": "web"}
+    ),
+    aks_cluster(SUB_A, "rg-prod", "westeurope", "aks-prod-2", 8002, labels={"env": "prod"}),
+    aks_cluster(SUB_A, "rg-dev", "eastus", "aks-dev-1", 8003, labels={"env": "dev"}),
+    aks_cluster(SUB_A, "rg-dev", "eastus", "aks-dev-2", 8004, status="STOPPED"),
+    aks_cluster(SUB_A, "rg-dev", "southeastasia", "aks-dev-3", 8005),
+    aks_cluster(SUB_B, "rg-shared", "westeurope", "aks-shared", 8006, labels={"env": "staging"}),
+    aks_cluster(SUB_LOCKED, "rg-x", "eastus", "aks-locked", 8007),
 ]
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[CloudHost]:
-    with CloudHost() as cloud_host:
+def host() -> Iterator[LoopHost]:
+    with LoopHost() as cloud_host:
         yield cloud_host
 
 
 @pytest.fixture(scope="module")
-def aks_module(host: CloudHost) -> Iterator[AksSandbox]:
+def aks_module(host: LoopHost) -> Iterator[AksSandbox]:
     sandbox = AksSandbox(
         CLUSTERS,
         access_token=TOKEN,
@@ -88,16 +68,12 @@ def aks_module(host: CloudHost) -> Iterator[AksSandbox]:
         subscriptions={SUB_LOCKED: False},
         page_size=2,
     )
-    host.call(sandbox.start())
-    yield sandbox
-    host.call(sandbox.stop())
+    yield from started(sandbox, host)
 
 
 @pytest.fixture
-def aks(aks_module: AksSandbox, host: CloudHost) -> Iterator[AksSandbox]:
-    aks_module.requests.clear()
-    yield aks_module
-    host.call(aks_module.apply_faults(latency_seconds=0.0, error_rate=0.0, outage=False))
+def aks(aks_module: AksSandbox, host: LoopHost) -> Iterator[AksSandbox]:
+    yield from fresh(aks_module, host)
 
 
 def _client(
@@ -110,14 +86,6 @@ def _client(
         connection_verify=aks.ca_file,
         **kwargs,
     )
-
-
-def _fail_then_pass_seed(rate: float) -> int:
-    for seed in range(1000):
-        rng = random.Random(seed)
-        if rng.random() < rate <= rng.random():
-            return seed
-    raise AssertionError("no seed found")
 
 
 def test_list_pages_through_next_link(aks: AksSandbox) -> None:
@@ -209,8 +177,8 @@ def test_api_version_is_required(aks: AksSandbox) -> None:
     assert response.json()["error"]["code"] == "MissingApiVersionParameter"
 
 
-def test_throttling_is_retried_after_retry_after(aks: AksSandbox, host: CloudHost) -> None:
-    aks.faults.rng.seed(_fail_then_pass_seed(0.5))
+def test_throttling_is_retried_after_retry_after(aks: AksSandbox, host: LoopHost) -> None:
+    aks.faults.rng.seed(fail_then_pass_seed(0.5))
     host.call(aks.apply_faults(error_rate=0.5, retry_after_seconds=1))
     started = time.monotonic()
     cluster = _client(aks).managed_clusters.get("rg-prod", "aks-prod-1")
@@ -221,7 +189,7 @@ def test_throttling_is_retried_after_retry_after(aks: AksSandbox, host: CloudHos
     assert elapsed >= 1.0  # azure-core slept for Retry-After
 
 
-def test_throttling_surfaces_when_retries_run_out(aks: AksSandbox, host: CloudHost) -> None:
+def test_throttling_surfaces_when_retries_run_out(aks: AksSandbox, host: LoopHost) -> None:
     host.call(aks.apply_faults(error_rate=1.0, retry_after_seconds=0))
     with pytest.raises(HttpResponseError) as caught:
         _client(aks, retry_total=1, retry_backoff_factor=0.01).managed_clusters.get(
@@ -233,14 +201,14 @@ def test_throttling_surfaces_when_retries_run_out(aks: AksSandbox, host: CloudHo
     assert aks.requests.injected() == 2
 
 
-def test_latency(aks: AksSandbox, host: CloudHost) -> None:
+def test_latency(aks: AksSandbox, host: LoopHost) -> None:
     host.call(aks.apply_faults(latency_seconds=0.3))
     started = time.monotonic()
     _client(aks).managed_clusters.get("rg-prod", "aks-prod-1")
     assert time.monotonic() - started >= 0.3
 
 
-def test_outage_refuses_connections(aks: AksSandbox, host: CloudHost) -> None:
+def test_outage_refuses_connections(aks: AksSandbox, host: LoopHost) -> None:
     client = _client(aks, retry_total=0)
     assert client.managed_clusters.get("rg-prod", "aks-prod-1").name == "aks-prod-1"
     host.call(aks.apply_faults(outage=True))
@@ -252,16 +220,7 @@ def test_outage_refuses_connections(aks: AksSandbox, host: CloudHost) -> None:
 
 def test_user_kubeconfig_reaches_the_sandbox_cluster(aks: AksSandbox, fleet: Fleet) -> None:
     name = fleet.names[1]
-    published = CloudCluster(
-        provider="aks",
-        account=SUB_B,
-        location="northeurope",
-        name=name,
-        endpoint=fleet.server(name),
-        ca_pem=fleet.ca_pem(name).decode(),
-        kubernetes_version=fleet.cluster(name).spec.kubernetes_version,
-        resource_group="rg-fleet",
-    )
+    published = fleet_member(fleet, name, "aks", SUB_B, "northeurope", resource_group="rg-fleet")
     USER_TOKENS[published.id] = fleet.token(name)
     aks.add_cluster(published)
     try:

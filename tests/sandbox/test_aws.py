@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 import boto3
 import kubernetes
 import pytest
-import trustme
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -26,23 +24,18 @@ from sandbox.clouds.aws import (
 from sandbox.clouds.common import CloudCluster
 from sandbox.fleet import Fleet
 from sandbox.kube.cluster import ClusterSpec, SandboxCluster
-
-ACCOUNT_A = "111111111111"
-ACCOUNT_B = "222222222222"
-CA_PEM = trustme.CA().cert_pem.bytes().decode()
+from tests.support.clouds import (
+    ACCOUNT_A,
+    ACCOUNT_B,
+    CA_PEM,
+    cloud_cluster,
+    fail_then_pass_seed,
+    fleet_member,
+)
 
 
 def _cluster(account: str, region: str, name: str, port: int, **kw: Any) -> CloudCluster:
-    return CloudCluster(
-        provider="eks",
-        account=account,
-        location=region,
-        name=name,
-        endpoint=f"https://127.0.0.1:{port}",
-        ca_pem=CA_PEM,
-        kubernetes_version="v1.31.4",
-        **kw,
-    )
+    return cloud_cluster("eks", account, region, name, port, kubernetes_version="v1.31.4", **kw)
 
 
 CLUSTERS = [
@@ -110,14 +103,6 @@ def eks_token(
         sts.meta.events.register("before-sign.sts.*", add_cluster_id)
     url = sts.generate_presigned_url(operation, Params={}, ExpiresIn=expires, HttpMethod="GET")
     return "k8s-aws-v1." + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
-
-
-def _fail_then_pass_seed(rate: float) -> int:
-    for seed in range(1000):
-        rng = random.Random(seed)
-        if rng.random() < rate <= rng.random():
-            return seed
-    raise AssertionError("no seed found")
 
 
 # -- EKS and accounts ------------------------------------------------------------------------
@@ -326,7 +311,7 @@ def test_throttling_is_classified_and_retried_by_botocore(aws: AwsSandbox) -> No
 
 def test_throttling_then_success(aws: AwsSandbox) -> None:
     eks = _client(aws, "eks", _assume(aws, ACCOUNT_A), mode="standard", max_attempts=2)
-    aws.faults.rng.seed(_fail_then_pass_seed(0.5))
+    aws.faults.rng.seed(fail_then_pass_seed(0.5))
     aws.requests.clear()
     aws.apply_faults(error_rate=0.5)
     answer = eks.list_clusters()
@@ -380,15 +365,7 @@ def test_discovery_leads_to_a_sandbox_cluster_that_accepts_eks_tokens(
         cluster_factory=eks_cluster,
     ) as fleet:
         published = [
-            CloudCluster(
-                provider="eks",
-                account=ACCOUNT_B,
-                location=region,
-                name=name,
-                endpoint=fleet.server(name),
-                ca_pem=fleet.ca_pem(name).decode(),
-                kubernetes_version=fleet.cluster(name).spec.kubernetes_version,
-            )
+            fleet_member(fleet, name, "eks", ACCOUNT_B, region)
             for name, region in zip(fleet.names, ("ap-southeast-2", "ca-central-1"), strict=True)
         ]
         for cluster in published:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import kubernetes
 import pytest
 import requests
-import trustme
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from google.api_core.client_options import ClientOptions
@@ -23,53 +21,45 @@ from google.oauth2.credentials import Credentials
 from sandbox.clouds.common import CloudCluster, ProviderFaults, ProviderFaultsError
 from sandbox.clouds.gke import GkeSandbox
 from sandbox.fleet import Fleet
-from tests.sandbox._cloudhost import CloudHost
+from tests.support.clouds import (
+    CA_PEM,
+    fail_then_pass_seed,
+    fleet_member,
+    fresh,
+    gke_cluster,
+    started,
+)
+from tests.support.hosting import LoopHost
 
 TOKEN = "ya29.sandbox-gke-token"
-CA_PEM = trustme.CA().cert_pem.bytes().decode()
-
-
-def _cluster(project: str, location: str, name: str, port: int, **kw: object) -> CloudCluster:
-    return CloudCluster(
-        provider="gke",
-        account=project,
-        location=location,
-        name=name,
-        endpoint=f"https://127.0.0.1:{port}",
-        ca_pem=CA_PEM,
-        kubernetes_version="v1.30.5",
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 CLUSTERS = [
-    _cluster("fleet-prod", "us-central1", "prod-us", 7001, labels={"env": "prod", "team": "web"}),
-    _cluster("fleet-prod", "europe-west1-b", "prod-eu", 7002, labels={"env": "prod"}),
-    _cluster("fleet-dev", "asia-east1", "dev-asia", 7003, labels={"env": "dev"}),
-    _cluster("fleet-dev", "us-central1", "dev-new", 7004, status="PROVISIONING"),
-    _cluster("fleet-secret", "us-central1", "hidden", 7005),
+    gke_cluster(
+        "fleet-prod", "us-central1", "prod-us", 7001, labels={"env": "prod", "team": "web"}
+    ),
+    gke_cluster("fleet-prod", "europe-west1-b", "prod-eu", 7002, labels={"env": "prod"}),
+    gke_cluster("fleet-dev", "asia-east1", "dev-asia", 7003, labels={"env": "dev"}),
+    gke_cluster("fleet-dev", "us-central1", "dev-new", 7004, status="PROVISIONING"),
+    gke_cluster("fleet-secret", "us-central1", "hidden", 7005),
 ]
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[CloudHost]:
-    with CloudHost() as cloud_host:
+def host() -> Iterator[LoopHost]:
+    with LoopHost() as cloud_host:
         yield cloud_host
 
 
 @pytest.fixture(scope="module")
-def gke_module(host: CloudHost) -> Iterator[GkeSandbox]:
+def gke_module(host: LoopHost) -> Iterator[GkeSandbox]:
     sandbox = GkeSandbox(CLUSTERS, access_token=TOKEN, projects={"fleet-secret": False})
-    host.call(sandbox.start())
-    yield sandbox
-    host.call(sandbox.stop())
+    yield from started(sandbox, host)
 
 
 @pytest.fixture
-def gke(gke_module: GkeSandbox, host: CloudHost) -> Iterator[GkeSandbox]:
-    gke_module.requests.clear()
-    yield gke_module
-    host.call(gke_module.apply_faults(latency_seconds=0.0, error_rate=0.0, outage=False))
+def gke(gke_module: GkeSandbox, host: LoopHost) -> Iterator[GkeSandbox]:
+    yield from fresh(gke_module, host)
 
 
 def _client(
@@ -80,15 +70,6 @@ def _client(
         transport="rest",
         client_options=ClientOptions(api_endpoint=gke.url),
     )
-
-
-def _fail_then_pass_seed(rate: float) -> int:
-    """A seed whose first draw injects an error and whose second does not."""
-    for seed in range(1000):
-        rng = random.Random(seed)
-        if rng.random() < rate <= rng.random():
-            return seed
-    raise AssertionError("no seed found")
 
 
 def test_list_across_locations_in_two_projects(gke: GkeSandbox) -> None:
@@ -175,7 +156,7 @@ def test_wrong_token_is_unauthenticated(gke: GkeSandbox) -> None:
     assert [r.status for r in gke.requests.records()] == [401, 401, 401]
 
 
-def test_throttling_is_resource_exhausted(gke: GkeSandbox, host: CloudHost) -> None:
+def test_throttling_is_resource_exhausted(gke: GkeSandbox, host: LoopHost) -> None:
     host.call(gke.apply_faults(error_rate=1.0))
     with pytest.raises(gexc.TooManyRequests) as caught:
         _client(gke).list_clusters(parent="projects/fleet-prod/locations/-")
@@ -185,8 +166,8 @@ def test_throttling_is_resource_exhausted(gke: GkeSandbox, host: CloudHost) -> N
     assert gke.requests.injected() == 1  # the default retry does not cover 429
 
 
-def test_throttling_is_retried_by_a_retry_that_covers_it(gke: GkeSandbox, host: CloudHost) -> None:
-    gke.faults.rng.seed(_fail_then_pass_seed(0.5))
+def test_throttling_is_retried_by_a_retry_that_covers_it(gke: GkeSandbox, host: LoopHost) -> None:
+    gke.faults.rng.seed(fail_then_pass_seed(0.5))
     host.call(gke.apply_faults(error_rate=0.5))
     retry = gretry.Retry(
         predicate=gretry.if_exception_type(gexc.TooManyRequests),
@@ -199,14 +180,14 @@ def test_throttling_is_retried_by_a_retry_that_covers_it(gke: GkeSandbox, host: 
     assert [(r.status, r.injected) for r in gke.requests.records()] == [(429, True), (200, False)]
 
 
-def test_latency(gke: GkeSandbox, host: CloudHost) -> None:
+def test_latency(gke: GkeSandbox, host: LoopHost) -> None:
     host.call(gke.apply_faults(latency_seconds=0.3))
     started = time.monotonic()
     _client(gke).list_clusters(parent="projects/fleet-prod/locations/-")
     assert time.monotonic() - started >= 0.3
 
 
-def test_outage_refuses_connections_until_it_ends(gke: GkeSandbox, host: CloudHost) -> None:
+def test_outage_refuses_connections_until_it_ends(gke: GkeSandbox, host: LoopHost) -> None:
     client = _client(gke)
     url = gke.url
     assert len(client.list_clusters(parent="projects/fleet-prod/locations/-").clusters) == 2
@@ -219,7 +200,7 @@ def test_outage_refuses_connections_until_it_ends(gke: GkeSandbox, host: CloudHo
 
 
 def test_clusters_can_come_and_go(gke: GkeSandbox) -> None:
-    extra = _cluster("fleet-dev", "us-east1", "dev-extra", 7010)
+    extra = gke_cluster("fleet-dev", "us-east1", "dev-extra", 7010)
     gke.add_cluster(extra)
     try:
         names = {
@@ -239,15 +220,7 @@ def test_discovery_leads_to_a_sandbox_cluster(
     gke: GkeSandbox, fleet: Fleet, tmp_path: Path
 ) -> None:
     name = fleet.names[0]
-    published = CloudCluster(
-        provider="gke",
-        account="fleet-prod",
-        location="us-east1",
-        name=name,
-        endpoint=fleet.server(name),
-        ca_pem=fleet.ca_pem(name).decode(),
-        kubernetes_version=fleet.cluster(name).spec.kubernetes_version,
-    )
+    published = fleet_member(fleet, name, "gke", "fleet-prod", "us-east1")
     gke.add_cluster(published)
     try:
         found = _client(gke).get_cluster(

@@ -16,9 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import selectors
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -36,7 +34,6 @@ import kubernetes
 import pytest
 import requests
 import yaml
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.mgmt.containerservice import ContainerServiceClient
 from botocore.config import Config
@@ -50,6 +47,8 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from sandbox.control import ControlError, FleetControl
 from sandbox.fleet import Fleet
+from tests.support.clouds import StaticCredential
+from tests.support.processes import read_line, refused
 
 REPO = Path(__file__).resolve().parents[2]
 Settings = dict[str, str]
@@ -87,16 +86,6 @@ def control(env: Settings, full_fleet_faults: Fleet) -> FleetControl:
 
 
 # -- clients from settings ------------------------------------------------------------------
-
-
-class StaticCredential:
-    """An azure-core credential handing out one token (what the settings carry)."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self.token, int(time.time()) + 3600)
 
 
 def aws_session(env: Settings) -> boto3.Session:
@@ -667,12 +656,6 @@ def test_control_endpoint_lists_services_and_refuses_bad_switches(
 # -- python -m sandbox up -------------------------------------------------------------------------
 
 
-def _refused(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 def _port(url: str) -> int:
     return int(url.rstrip("/").split(":")[-1].split("/")[0])
 
@@ -684,19 +667,6 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
-
-
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.2):
-            return process.stdout.readline()
-        if process.poll() is not None:
-            break
-    raise AssertionError(f"no line within {timeout} s (exit code {process.poll()})")
 
 
 def test_sandbox_up_brings_everything_up_and_sigint_leaves_nothing_behind(
@@ -712,7 +682,7 @@ def test_sandbox_up_brings_everything_up_and_sigint_leaves_nothing_behind(
         text=True,
     )  # fmt: skip
     try:
-        line = _read_line(process, timeout=60)
+        line = read_line(process, timeout=60)
         assert line.startswith(
             "sandbox ready: 12 clusters (eks 3, gke 3, aks 2, static 4), "
             "services aws,gke,aks,vault,slack, kubeconfig "
@@ -748,5 +718,5 @@ def test_sandbox_up_brings_everything_up_and_sigint_leaves_nothing_behind(
     ports += [_port(services["aws"]["endpoint_url"]), _port(services["gke"]["endpoint"])]
     ports += [_port(services["aks"]["base_url"]), _port(services["slack"]["base_url"])]
     assert len(ports) == 12 + 8
-    still_open = [port for port in ports if not _refused(port)]
+    still_open = [port for port in ports if not refused(port)]
     assert still_open == []

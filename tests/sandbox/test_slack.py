@@ -23,7 +23,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from sandbox.slack import SlackFaults, SlackFaultsError, SlackServer
-from tests.sandbox._hosting import host_app
+from tests.support.hosting import host_app
 
 TOKEN = "xoxb-sandbox-0000-fleetops"
 TS = re.compile(r"^\d{10}\.\d{6}$")

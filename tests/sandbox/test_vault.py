@@ -28,7 +28,7 @@ from sandbox.kube.certs import ClusterCerts, issue_cluster_certs
 from sandbox.kube.cluster import ADMIN, UNAUTHORIZED, AuthResult, ClusterSpec, SandboxCluster
 from sandbox.kube.satokens import DEFAULT_ISSUER, LEEWAY_SECONDS, ServiceAccountIssuer
 from sandbox.vault import KubernetesAuthTarget, VaultSeed, VaultServer
-from tests.sandbox._hosting import host_app
+from tests.support.hosting import host_app
 
 NOW = 1_800_000_000.0
 NAMESPACE, ACCOUNT = "fleetops", "fleetops"
