@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import selectors
 import signal
 import socket
 import ssl
@@ -36,15 +35,10 @@ from sandbox.fleet import (
 )
 from sandbox.kube.faults import FaultsError
 from sandbox.placement import place
+from tests.support.processes import read_line, refused
 
 ClientFactory = Callable[[str], kubernetes.client.ApiClient]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _refused(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _get(fleet: Fleet, name: str, path: str, token: str | None) -> tuple[int, dict[str, object]]:
@@ -421,7 +415,7 @@ def test_a_second_fleet_starts_beside_the_first_and_closes_its_ports(tmp_path: P
         assert code == 200
         other.outage("extra-01", True)  # closing while in an outage is fine too
     for port in [*ports, control_port]:
-        assert _refused(port)
+        assert refused(port)
     assert not other.running
 
 
@@ -431,25 +425,12 @@ def test_switches_set_before_start_take_effect(tmp_path: Path) -> None:
     with fleet:
         port = fleet.port("sbx-01")
         assert port != 0
-        assert _refused(port)
+        assert refused(port)
         fleet.outage("sbx-01", False)
         assert _get(fleet, "sbx-01", "/version", fleet.token("sbx-01"))[0] == 200
 
 
 # -- python -m sandbox up --------------------------------------------------------------------------
-
-
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if selector.select(timeout=0.2):
-            return process.stdout.readline()
-        if process.poll() is not None:
-            break
-    raise AssertionError(f"no line within {timeout} s (exit code {process.poll()})")
 
 
 def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
@@ -463,7 +444,7 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        line = _read_line(process, timeout=60)
+        line = read_line(process, timeout=60)
         assert line.startswith("sandbox ready: 12 clusters (static 12), services none, kubeconfig ")
         assert str(directory / "kubeconfig") in line
         assert str(directory / "sandbox.env") in line
@@ -496,7 +477,7 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
     ports = [c["port"] for c in fleet_json["clusters"]]
     control_port = int(fleet_json["control_url"].rsplit(":", 1)[1])
     for port in [*ports, control_port]:
-        assert _refused(port)
+        assert refused(port)
 
 
 def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
@@ -509,7 +490,7 @@ def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        line = _read_line(process, timeout=60)
+        line = read_line(process, timeout=60)
         assert line.startswith("sandbox ready: 1 clusters (static 1), services vault, ")
         vault = json.loads((tmp_path / "fleet.json").read_text())["services"]["vault"]
         os.kill(vault["pid"], 0)  # bao runs
@@ -522,7 +503,7 @@ def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
     assert process.returncode == 0, err
     with pytest.raises(ProcessLookupError):
         os.kill(vault["pid"], 0)
-    assert _refused(int(vault["addr"].rsplit(":", 1)[1]))
+    assert refused(int(vault["addr"].rsplit(":", 1)[1]))
 
 
 def test_a_killed_sandbox_takes_bao_with_it(tmp_path: Path) -> None:
@@ -536,7 +517,7 @@ def test_a_killed_sandbox_takes_bao_with_it(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        assert _read_line(process, timeout=60).startswith("sandbox ready: 1 clusters")
+        assert read_line(process, timeout=60).startswith("sandbox ready: 1 clusters")
         pid = json.loads((tmp_path / "fleet.json").read_text())["services"]["vault"]["pid"]
     finally:
         process.kill()
