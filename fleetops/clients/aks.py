@@ -70,6 +70,9 @@ RESOURCE_GROUP_LABEL = f"{FLEETOPS_PREFIX}resource-group"
 
 T = TypeVar("T")
 
+# libyaml's loader: one kubeconfig per cluster is parsed, ~10x faster than PyYAML's pure Python.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def azure_error(exc: BaseException, *, context: str) -> ClientError:
     """The fleetops error for an azure-core / azure-identity exception."""
@@ -150,7 +153,7 @@ class UserKubeconfig:
 def parse_user_kubeconfig(text: bytes | str, *, context: str) -> UserKubeconfig:
     """The first cluster and user of an AKS user kubeconfig; :class:`PermanentError` if unusable."""
     try:
-        config = yaml.safe_load(text)
+        config = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
         cluster = config["clusters"][0]["cluster"]
         user = config["users"][0]["user"]
         server = str(cluster["server"])

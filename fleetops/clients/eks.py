@@ -32,7 +32,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import botocore.exceptions as bexc
+import botocore.session
 from botocore.config import Config
+from botocore.loaders import Loader
 from pydantic import SecretStr
 
 from fleetops.clients._common import ClusterToken, bounded_map, clean
@@ -163,6 +165,34 @@ def botocore_config(settings: AwsSettings, *, max_pool_connections: int = 10) ->
     )
 
 
+_loader_lock = threading.Lock()
+_shared_loader: Loader | None = None
+
+
+def new_session(*, loader: Loader | None = None, **credentials: str) -> boto3.Session:
+    """A new ``boto3.Session`` (standard credential chain unless ``credentials`` are given)
+    whose botocore data loader is ``loader``, by default one shared by the whole process.
+
+    The loader caches the service models and endpoint data it has parsed (megabytes of JSON):
+    with a loader per session, every discovery, and every assumed role within it, parsed them
+    again, most of the CPU time of an EKS discovery, holding the interpreter lock the other
+    sources need.
+    """
+    global _shared_loader
+    core = botocore.session.Session()
+    with _loader_lock:
+        shared = loader if loader is not None else _shared_loader
+        if shared is None:
+            session = boto3.Session(botocore_session=core, **credentials)
+            _shared_loader = core.get_component("data_loader")
+            return session
+        core.register_component("data_loader", shared)
+        search_paths = list(shared.search_paths)
+        session = boto3.Session(botocore_session=core, **credentials)
+        shared.search_paths[:] = search_paths  # boto3 appended its data path once more
+        return session
+
+
 @dataclass(frozen=True)
 class _Assumed:
     session: boto3.Session
@@ -172,8 +202,8 @@ class _Assumed:
 class AwsSessions:
     """A boto3 session per AWS account: the ambient one, or an assumed role (cached).
 
-    ``base_session`` holds the ambient credentials (default: a new ``boto3.Session()``, the
-    standard chain). Thread-safe: discovery and token minting may share one instance.
+    ``base_session`` holds the ambient credentials (default: a new session with the standard
+    chain, see :func:`new_session`). Thread-safe: discovery and token minting may share one instance.
     """
 
     def __init__(
@@ -186,7 +216,7 @@ class AwsSessions:
         role_session_name: str = "fleetops-discovery",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.base_session = base_session if base_session is not None else boto3.Session()
+        self.base_session = base_session if base_session is not None else new_session()
         self.endpoint_url = endpoint_url
         self.config = config if config is not None else Config()
         self.sts_region = sts_region
@@ -267,7 +297,8 @@ class AwsSessions:
             ),
         )
         creds = answer["Credentials"]
-        session = boto3.Session(
+        session = new_session(
+            loader=self.base_session._session.get_component("data_loader"),
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
             aws_session_token=creds["SessionToken"],

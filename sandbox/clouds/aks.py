@@ -470,7 +470,9 @@ class AksSandbox:
             "preferences": {},
             "users": [{"name": user, "user": {"token": self._user_token(cluster)}}],
         }
-        return yaml.safe_dump(config, sort_keys=False)
+        # libyaml's emitter: one kubeconfig per listClusterUserCredential, ~10x cheaper on CPU.
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(config, Dumper=dumper, sort_keys=False)
 
 
 def _check_api_version(request: web.Request) -> web.Response | None:
