@@ -25,7 +25,9 @@ Service switches: aws, gke, aks: ``latency_seconds``, ``error_rate`` (answered w
 provider's own throttling error: AWS ``ThrottlingException``, Google 429 ``RESOURCE_EXHAUSTED``,
 Azure 429 with ``Retry-After``), ``retry_after_seconds``, ``outage``; slack: ``latency_seconds``,
 ``rate_limited``, ``rate_limited_calls``, ``retry_after_seconds``, ``error``, ``error_rate``,
-``error_rate_error``, ``outage``; vault: ``outage`` (connections refused) and ``sealed``.
+``error_rate_error``, ``outage``; vault: ``outage`` (connections refused), ``sealed``,
+``latency_seconds``, ``error_rate`` with ``error_code`` (429 with ``Retry-After``, 500 or 503, in
+Vault's own ``{"errors": [...]}`` shape) and ``retry_after_seconds``.
 
 Errors are JSON ``{"error": message}``: 404 for an unknown cluster or service, 400 for a bad
 body or a bad switch value, then with ``"field"`` naming the switch.

@@ -512,7 +512,9 @@ class Fleet:
         aws, gke, aks: ``latency_seconds``, ``error_rate`` (the provider's throttling error),
         ``retry_after_seconds``, ``outage``. slack: see :class:`sandbox.slack.SlackFaults`
         (``rate_limited``, ``rate_limited_calls``, ``error``, ``error_rate``, ``outage``, ...).
-        vault: ``outage`` (connections refused; bao keeps its data) and ``sealed``.
+        vault: ``outage`` (connections refused; bao keeps its data), ``sealed``,
+        ``latency_seconds``, ``error_rate`` with ``error_code`` (429 with ``Retry-After``, 500,
+        503 in Vault's ``{"errors": [...]}`` shape) and ``retry_after_seconds``.
         Raises :class:`UnknownServiceError` or :class:`ServiceFaultsError` (nothing changes).
         """
         self._running_service(name)
@@ -541,13 +543,12 @@ class Fleet:
             raise ServiceFaultsError(exc.field, str(exc)) from None
         assert name == "vault"
         assert svc.vault is not None
-        for switch, value in changes.items():
-            if switch not in ("outage", "sealed"):
-                raise ServiceFaultsError(
-                    switch, f"{switch}: unknown Vault fault switch (known: outage, sealed)"
-                )
-            if not isinstance(value, bool):
-                raise ServiceFaultsError(switch, f"{switch}: must be true or false, got {value!r}")
+        from sandbox.vault import VaultFaultsError, validate_faults
+
+        try:
+            validate_faults(changes)  # every switch checked before blocking a thread
+        except VaultFaultsError as exc:
+            raise ServiceFaultsError(exc.field, str(exc)) from None
         return dict(await self._in_thread(svc.vault.update_faults, **changes))
 
     async def reset_service_faults_async(self, name: str | None = None) -> None:
@@ -558,7 +559,9 @@ class Fleet:
 
                 defaults = SlackFaults().to_dict()
             elif service == "vault":
-                defaults = {"sealed": False, "outage": False}
+                from sandbox.vault import default_faults
+
+                defaults = default_faults()
             else:
                 defaults = ProviderFaults().to_dict()
             await self.apply_service_faults(service, defaults)
@@ -846,7 +849,7 @@ class Fleet:
         workdir = self.directory / VAULT_DIR
         workdir.mkdir(mode=0o700, exist_ok=True)  # bao.log shows the root token
         workdir.chmod(0o700)
-        self._svc.vault = VaultServer(workdir)
+        self._svc.vault = VaultServer(workdir, rng=self._rng("vault"))
         self._svc.started.append("vault")  # from here on, teardown stops bao
         await self._in_thread(self._svc.vault.start)
         self.timings["vault_boot"] = time.perf_counter() - began

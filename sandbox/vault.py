@@ -16,6 +16,14 @@ state, and lifting the fault is instant recovery. The *sealed* fault really seal
 hvac sees the genuine 503 (``VaultDown``). :meth:`VaultServer.stop` is the real thing: bao is
 terminated and a later :meth:`VaultServer.start` gives a fresh, empty dev server.
 
+The front door also reads each HTTP request's framing (never its content) so that two more
+switches work per request: ``latency_seconds`` is added before a request is passed to bao, and
+``error_rate`` answers that share of requests itself, in Vault's own error shape (JSON
+``{"errors": [...]}``, ``Content-Type: application/json``): ``error_code`` 429 is a rate-limit
+quota rejection with an integer ``Retry-After`` (hvac raises ``RateLimitExceeded``), 503 a node
+that cannot serve (``VaultDown``), 500 an internal error (``InternalServerError``). The draw
+comes from an injectable :class:`random.Random`, as for every other sandbox fault switch.
+
 bao also binds its cluster port (API port + 1); the sandbox picks a free pair for it. bao runs
 with ``HOME`` set to the work directory, an environment without any ``VAULT_*``/``BAO_*``
 variable, and ``-dev-no-store-token``, so it neither reads nor writes the user's token files.
@@ -26,9 +34,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import email.utils
 import json
 import logging
+import math
 import os
+import random
 import re
 import secrets
 import shutil
@@ -54,13 +65,111 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_VERSIONS = 20
 
 #: the fault switches :meth:`VaultServer.update_faults` accepts
-SWITCHES = ("outage", "sealed")
+SWITCHES = (
+    "outage",
+    "sealed",
+    "latency_seconds",
+    "error_rate",
+    "error_code",
+    "retry_after_seconds",
+)
+
+#: status codes ``error_code`` accepts, each answered the way Vault itself answers it
+ERROR_CODES = (429, 500, 503)
+
+_ERROR_REASONS = {
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 _UNSEAL_KEY = re.compile(r"^Unseal Key: (\S+)\s*$", re.MULTILINE)
 
 
 class VaultServerError(RuntimeError):
     """bao could not be started, stopped or driven; the message carries its log tail."""
+
+
+class VaultFaultsError(ValueError):
+    """A Vault fault switch was given a bad value; ``field`` names the switch."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(eq=False)
+class HttpFaults:
+    """The per-request switches the front door applies (changed in place; keep the object)."""
+
+    latency_seconds: float = 0.0
+    """Added before every request is passed to bao (or answered with an injected error)."""
+    error_rate: float = 0.0
+    """Share (0..1) of requests the front door answers itself with ``error_code``."""
+    error_code: int = 500
+    """429 (rate-limit quota), 500 (internal error) or 503 (node cannot serve)."""
+    retry_after_seconds: int = 1
+    """``Retry-After`` (integer seconds) sent with an injected 429, as Vault's quotas do."""
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    """Random source for ``error_rate``; pass ``random.Random(seed)`` for determinism."""
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def inject_error(self) -> bool:
+        """Draw once: whether this request is answered with ``error_code``."""
+        if self.error_rate <= 0:
+            return False
+        with self._lock:  # random.Random is not safe to share between threads
+            return self.rng.random() < self.error_rate
+
+
+def default_faults() -> dict[str, Any]:
+    """Every Vault switch off: what a reset applies."""
+    http = HttpFaults()
+    return {
+        "outage": False,
+        "sealed": False,
+        "latency_seconds": http.latency_seconds,
+        "error_rate": http.error_rate,
+        "error_code": http.error_code,
+        "retry_after_seconds": http.retry_after_seconds,
+    }
+
+
+def validate_faults(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every change (raises :class:`VaultFaultsError` naming the first bad one)."""
+    clean: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in SWITCHES:
+            raise VaultFaultsError(
+                name, f"unknown Vault fault switch (known: {', '.join(SWITCHES)})"
+            )
+        if name in ("outage", "sealed"):
+            if not isinstance(value, bool):
+                raise VaultFaultsError(name, f"must be true or false, got {value!r}")
+            clean[name] = value
+        elif name in ("latency_seconds", "error_rate"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise VaultFaultsError(name, f"must be a finite number, got {value!r}")
+            if value < 0 or (name == "error_rate" and value > 1):
+                bounds = "between 0 and 1" if name == "error_rate" else ">= 0"
+                raise VaultFaultsError(name, f"must be {bounds}, got {value!r}")
+            clean[name] = float(value)
+        elif name == "error_code":
+            if isinstance(value, bool) or value not in ERROR_CODES:
+                raise VaultFaultsError(name, f"must be one of {list(ERROR_CODES)}, got {value!r}")
+            clean[name] = int(value)
+        else:  # retry_after_seconds
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise VaultFaultsError(name, f"must be an integer >= 0, got {value!r}")
+            clean[name] = value
+    return clean
 
 
 def bao_binary() -> str:
@@ -138,6 +247,7 @@ class VaultServer:
 
     ``workdir`` becomes bao's HOME and holds its log (``bao.log``). ``port`` is the port of
     :attr:`addr` (a free one when ``None``); it stays the same across outages and restarts.
+    ``rng`` is the random source of the ``error_rate`` switch.
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
@@ -148,11 +258,12 @@ class VaultServer:
         port: int | None = None,
         root_token: str | None = None,
         start_timeout: float = 20.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self._root_token = root_token or f"sandbox-root-{secrets.token_hex(12)}"
         self._start_timeout = start_timeout
-        self._front = _FrontDoor(port)
+        self._front = _FrontDoor(port, HttpFaults(rng=rng or random.Random()))
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._backend_port: int | None = None
@@ -385,24 +496,43 @@ class VaultServer:
                     )
                 time.sleep(0.01)
 
-    def faults(self) -> dict[str, bool]:
-        """JSON-ready view of the switches, for the control endpoint."""
-        return {"outage": self._outage, "sealed": self.running and self.sealed}
+    @property
+    def http_faults(self) -> HttpFaults:
+        """The per-request switches (latency, error rate) the front door reads."""
+        return self._front.faults
 
-    def update_faults(self, **changes: Any) -> dict[str, bool]:
-        """Set switches by name (``outage``, ``sealed``: booleans); returns :meth:`faults`."""
-        for name, value in changes.items():
-            if name not in SWITCHES:
-                raise ValueError(
-                    f"{name}: unknown Vault fault switch (known: {', '.join(SWITCHES)})"
-                )
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}: must be true or false, got {value!r}")
-        if "sealed" in changes and changes["sealed"] != self.sealed:
-            (self.seal if changes["sealed"] else self.unseal)()
-        if "outage" in changes:
-            self.set_outage(changes["outage"])
+    def faults(self) -> dict[str, Any]:
+        """JSON-ready view of the switches, for the control endpoint."""
+        http = self._front.faults
+        return {
+            "outage": self._outage,
+            "sealed": self.running and self.sealed,
+            "latency_seconds": http.latency_seconds,
+            "error_rate": http.error_rate,
+            "error_code": http.error_code,
+            "retry_after_seconds": http.retry_after_seconds,
+        }
+
+    def update_faults(self, **changes: Any) -> dict[str, Any]:
+        """Set switches by name (see :data:`SWITCHES`); returns :meth:`faults`.
+
+        Every change is validated first (:class:`VaultFaultsError` names the first bad one,
+        and nothing is applied then).
+        """
+        clean = validate_faults(changes)
+        http = self._front.faults
+        for name in ("latency_seconds", "error_rate", "error_code", "retry_after_seconds"):
+            if name in clean:
+                setattr(http, name, clean[name])
+        if "sealed" in clean and clean["sealed"] != self.sealed:
+            (self.seal if clean["sealed"] else self.unseal)()
+        if "outage" in clean:
+            self.set_outage(clean["outage"])
         return self.faults()
+
+    def reset_faults(self) -> dict[str, Any]:
+        """Every switch back to off (the random source is kept); returns :meth:`faults`."""
+        return self.update_faults(**default_faults())
 
     def _open_front_door(self) -> None:
         if not self._outage:
@@ -558,10 +688,18 @@ class _FrontDoor:
     Runs its own event loop in a daemon thread (bao's clients are synchronous, and the
     sandbox fleet's loop must not depend on Vault). :meth:`close` stops listening and drops
     every open connection; :meth:`open` listens again on the same port.
+
+    Requests from the client are read one at a time (head, then a ``Content-Length`` body) so
+    that :class:`HttpFaults` apply per request, kept-alive connections included; responses
+    are passed back untouched. HTTP/1.1 clients send the next request only once they have read
+    the previous response, so an injected answer never interleaves with one of bao's. A
+    request the front door cannot frame (a chunked body) ends fault handling for the rest of
+    that connection, which is then passed through as it is.
     """
 
-    def __init__(self, port: int | None) -> None:
+    def __init__(self, port: int | None, faults: HttpFaults) -> None:
         self.port = port
+        self.faults = faults
         self.target: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -629,11 +767,91 @@ class _FrontDoor:
             return
         self._connections.update((writer, up_writer))
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            await asyncio.gather(
+                self._requests(reader, up_writer, writer), _pump(up_reader, writer)
+            )
         finally:
             for end in (writer, up_writer):
                 self._connections.discard(end)
                 end.transport.abort()
+
+    async def _requests(
+        self,
+        reader: asyncio.StreamReader,
+        upstream: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+    ) -> None:
+        """Client to bao, one request at a time: latency, then maybe an injected error."""
+        with contextlib.suppress(OSError):
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError as exc:
+                    upstream.write(exc.partial)  # the client closed (or sent a stray tail)
+                    break
+                except asyncio.LimitOverrunError:
+                    break  # not an HTTP head hvac would send: pass the rest through
+                length = _content_length(head)
+                if length is None:
+                    upstream.write(head)
+                    break
+                try:
+                    body = await reader.readexactly(length)
+                except asyncio.IncompleteReadError as exc:
+                    upstream.write(head + exc.partial)
+                    break
+                faults = self.faults
+                if faults.latency_seconds > 0:
+                    await asyncio.sleep(faults.latency_seconds)
+                if faults.inject_error():
+                    client.write(_vault_error(faults.error_code, head, faults.retry_after_seconds))
+                    await client.drain()
+                    continue
+                upstream.write(head + body)
+                await upstream.drain()
+        await _pump(reader, upstream)
+
+
+def _content_length(head: bytes) -> int | None:
+    """The body length a request head announces (0 without a body); ``None``: not framed."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return None
+            if length < 0:
+                return None
+    return length
+
+
+def _vault_error(code: int, head: bytes, retry_after: int) -> bytes:
+    """A complete HTTP response in Vault's error shape (``respondError``) for ``code``."""
+    target = head.split(b"\r\n", 1)[0].split(b" ")
+    path = target[1].decode("latin-1") if len(target) > 1 else "/"
+    path = path.split("?", 1)[0].removeprefix("/v1/")
+    if code == 429:  # a rate-limit quota rejected the request
+        message = f"request path {json.dumps(path)}: rate limit quota exceeded"
+    elif code == 503:  # a node that cannot serve (standby with no active node to forward to)
+        message = "Vault is in standby mode"
+    else:
+        message = "internal error"
+    body = (json.dumps({"errors": [message]}) + "\n").encode()
+    lines = [
+        f"HTTP/1.1 {code} {_ERROR_REASONS[code]}",
+        "Cache-Control: no-store",
+        "Content-Type: application/json",
+        f"Date: {email.utils.formatdate(usegmt=True)}",
+        f"Content-Length: {len(body)}",
+    ]
+    if code == 429:
+        lines.append(f"Retry-After: {retry_after}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -47,6 +47,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from sandbox.control import ControlError, FleetControl
 from sandbox.fleet import Fleet
+from sandbox.vault import default_faults
 from tests.support.clouds import StaticCredential
 from tests.support.processes import read_line, refused
 
@@ -577,7 +578,7 @@ def test_vault_sealed_then_stopped_then_back_with_its_data(
 ) -> None:
     client = approle_login(env)
     before = read_secret(client, "fleetops/hello")
-    assert control.set_service_faults("vault", sealed=True) == {"outage": False, "sealed": True}
+    assert control.set_service_faults("vault", sealed=True) == default_faults() | {"sealed": True}
     with pytest.raises(hvac.exceptions.VaultDown):
         read_secret(client, "fleetops/hello")
     control.set_service_faults("vault", sealed=False)
@@ -586,6 +587,29 @@ def test_vault_sealed_then_stopped_then_back_with_its_data(
     with pytest.raises(requests.exceptions.ConnectionError):
         read_secret(client, "fleetops/hello")
     control.reset_service_faults("vault")
+    assert read_secret(client, "fleetops/hello") == before
+
+
+def test_vault_latency_and_error_rate_through_the_control_endpoint(
+    control: FleetControl, env: Settings
+) -> None:
+    client = approle_login(env)
+    before = read_secret(client, "fleetops/hello")
+    try:
+        switches = control.set_service_faults("vault", latency_seconds=0.3)
+        assert switches == default_faults() | {"latency_seconds": 0.3}
+        began = time.monotonic()
+        assert read_secret(client, "fleetops/hello") == before
+        assert time.monotonic() - began >= 0.3
+        control.set_service_faults("vault", latency_seconds=0, error_rate=1.0, error_code=503)
+        with pytest.raises(hvac.exceptions.VaultDown):
+            read_secret(client, "fleetops/hello")
+        control.set_service_faults("vault", error_code=429, retry_after_seconds=3)
+        with pytest.raises(hvac.exceptions.RateLimitExceeded, match="rate limit quota exceeded"):
+            read_secret(client, "fleetops/hello")
+        assert control.service_faults("vault")["error_rate"] == 1.0
+    finally:
+        assert control.reset_service_faults("vault") == default_faults()
     assert read_secret(client, "fleetops/hello") == before
 
 
@@ -641,7 +665,9 @@ def test_control_endpoint_lists_services_and_refuses_bad_switches(
         ("gke", {"latency": 1}, "latency"),
         ("slack", {"error": "Not A Code"}, "error"),
         ("vault", {"sealed": "yes"}, "sealed"),
-        ("vault", {"latency_seconds": 1}, "latency_seconds"),
+        ("vault", {"latency_seconds": -1}, "latency_seconds"),
+        ("vault", {"error_code": 418}, "error_code"),
+        ("vault", {"delay": 1}, "delay"),
     ]:
         with pytest.raises(ControlError) as caught:
             control.set_service_faults(service, **changes)

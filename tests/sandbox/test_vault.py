@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -27,7 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sandbox.kube.certs import ClusterCerts, issue_cluster_certs
 from sandbox.kube.cluster import ADMIN, UNAUTHORIZED, AuthResult, ClusterSpec, SandboxCluster
 from sandbox.kube.satokens import DEFAULT_ISSUER, LEEWAY_SECONDS, ServiceAccountIssuer
-from sandbox.vault import KubernetesAuthTarget, VaultSeed, VaultServer
+from sandbox.vault import (
+    KubernetesAuthTarget,
+    VaultFaultsError,
+    VaultSeed,
+    VaultServer,
+    default_faults,
+)
 from tests.support.hosting import host_app
 
 NOW = 1_800_000_000.0
@@ -453,7 +460,7 @@ def test_outage_refuses_connections_and_lifting_it_keeps_every_secret(
     before = _read(app, "fleetops/hello")
     try:
         vault.set_outage(True)
-        assert vault.faults() == {"outage": True, "sealed": False}
+        assert vault.faults() == default_faults() | {"outage": True}
         with pytest.raises(requests.exceptions.ConnectionError, match="Connection refused"):
             _read(app, "fleetops/hello")
         with pytest.raises(ConnectionRefusedError):
@@ -483,7 +490,99 @@ def test_fault_switches_are_validated(vault: VaultServer) -> None:
         vault.update_faults(stopped=True)
     with pytest.raises(ValueError, match="true or false"):
         vault.update_faults(outage="yes")
-    assert vault.faults() == {"outage": False, "sealed": False}
+    for changes, field in [
+        ({"latency_seconds": -1}, "latency_seconds"),
+        ({"latency_seconds": float("nan")}, "latency_seconds"),
+        ({"error_rate": 1.5}, "error_rate"),
+        ({"error_rate": True}, "error_rate"),
+        ({"error_code": 504}, "error_code"),
+        ({"retry_after_seconds": 1.5}, "retry_after_seconds"),
+        # a bad field anywhere applies nothing, not even the good ones before it
+        ({"error_rate": 1.0, "error_code": 418}, "error_code"),
+    ]:
+        with pytest.raises(VaultFaultsError) as caught:
+            vault.update_faults(**changes)
+        assert caught.value.field == field
+    assert vault.faults() == default_faults()
+
+
+def test_latency_is_added_to_every_request_on_a_kept_alive_connection(
+    vault: VaultServer, seed: VaultSeed
+) -> None:
+    app = _approle(vault, seed)
+    _read(app, "fleetops/hello")  # the connection is open and kept alive from here on
+    began = time.monotonic()
+    _read(app, "fleetops/hello")
+    baseline = time.monotonic() - began
+    try:
+        assert vault.update_faults(latency_seconds=0.4)["latency_seconds"] == 0.4
+        began = time.monotonic()
+        for _ in range(2):
+            _read(app, "fleetops/hello")
+        assert time.monotonic() - began >= 0.8
+    finally:
+        vault.reset_faults()
+    began = time.monotonic()
+    _read(app, "fleetops/hello")
+    assert time.monotonic() - began < baseline + 0.3
+
+
+@pytest.mark.parametrize(
+    ("code", "exception", "message"),
+    [
+        (503, hvac.exceptions.VaultDown, "Vault is in standby mode"),
+        (500, hvac.exceptions.InternalServerError, "internal error"),
+        (
+            429,
+            hvac.exceptions.RateLimitExceeded,
+            'request path "secret/data/fleetops/hello": rate limit quota exceeded',
+        ),
+    ],
+)
+def test_error_rate_answers_in_vaults_own_error_shape(
+    vault: VaultServer,
+    seed: VaultSeed,
+    code: int,
+    exception: type[hvac.exceptions.VaultError],
+    message: str,
+) -> None:
+    app = _approle(vault, seed)
+    before = _read(app, "fleetops/hello")
+    try:
+        vault.update_faults(error_rate=1.0, error_code=code, retry_after_seconds=2)
+        for _ in range(3):  # every request, on the same kept-alive connection
+            with pytest.raises(exception) as caught:
+                _read(app, "fleetops/hello")
+            assert caught.value.errors == [message]
+        raw = app.adapter.get(
+            "/v1/secret/data/fleetops/hello", raise_exception=False
+        )  # the wire answer itself
+        assert raw.status_code == code
+        assert raw.headers["Content-Type"] == "application/json"
+        assert raw.json() == {"errors": [message]}
+        assert raw.headers.get("Retry-After") == ("2" if code == 429 else None)
+    finally:
+        vault.reset_faults()
+    assert vault.faults() == default_faults()
+    assert _read(app, "fleetops/hello") == before  # the same token works again
+
+
+def test_error_rate_draws_from_the_injected_random_source(tmp_path: Path) -> None:
+    draws = random.Random(7)
+    expected = [draws.random() >= 0.5 for _ in range(12)]  # True: served by bao
+    assert True in expected
+    assert False in expected
+    with VaultServer(tmp_path / "vault", rng=random.Random(7)) as server:
+        server.update_faults(error_rate=0.5, error_code=503)
+        client = server.client()
+        answers = []
+        for _ in range(12):
+            try:
+                client.sys.read_seal_status()
+                answers.append(True)
+            except hvac.exceptions.VaultDown:
+                answers.append(False)
+    assert answers == expected
 
 
 def test_stop_leaves_nothing_behind_and_start_gives_a_fresh_server(tmp_path: Path) -> None:
