@@ -17,6 +17,7 @@ import typer
 import yaml
 from pydantic import SecretStr, ValidationError
 
+from fleetops.cli_rollout import rollout_app
 from fleetops.domain.cluster import ClusterState
 from fleetops.domain.selectors import Selector
 from fleetops.errors import ClusterNotFound, ConfigError, FleetopsError, InventoryError
@@ -311,6 +312,10 @@ def token(
     except FleetopsError as exc:
         _fail(f"cannot get a token for {cluster_id}: {exc}", code=1)
     sys.stdout.write(json.dumps(exec_credential(minted)) + "\n")
+
+
+# rollout, approve, rollback (issue 5) live in their own module; added as top-level commands.
+app.add_typer(rollout_app)
 
 
 def main() -> None:

@@ -302,6 +302,40 @@ class ArgoCdSettings(BaseSettings):
     )
 
 
+class RolloutSettings(BaseSettings):
+    """Run-time knobs of the rollout flow (``FLEETOPS_ROLLOUT_*``); the plan is a parameter."""
+
+    model_config = _config("FLEETOPS_ROLLOUT_")
+
+    apps_dir: Path = Field(
+        default=Path("apps"), description="Directory holding one sub-directory per application."
+    )
+    max_workers: int = Field(
+        default=64, ge=1, le=512, description="Bound of the flow's task runner (threads)."
+    )
+    retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of a cluster step after a transient error."
+    )
+    retry_delay_seconds: float = Field(
+        default=2.0, ge=0, description="Base of the exponential backoff between retries."
+    )
+    approval_poll_seconds: float = Field(
+        default=1.0, gt=0, le=10, description="How often a paused run checks for a decision."
+    )
+    readiness_poll_seconds: float = Field(
+        default=1.0, gt=0, le=30, description="Longest gap between two readiness reads."
+    )
+    lock_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long a cluster step waits for the cluster's lock."
+    )
+    lock_lease_seconds: float = Field(
+        default=120.0,
+        ge=60,
+        description="Lease of a cluster's lock, renewed while the step runs: after a killed "
+        "process, the cluster is free again at most this long later.",
+    )
+
+
 class Settings(BaseSettings):
     """All fleetops settings."""
 

@@ -1,0 +1,256 @@
+"""Rollout wall time at fleet scale, against the critical path of its waves.
+
+Starts ``python -m sandbox up --clusters N --no-services --rollout-seconds R`` in its own process
+(so the API servers do not share the benchmark's interpreter lock), registers every cluster in a
+fresh inventory, starts a temporary Prefect server (``prefect_test_harness``) and runs the
+``rollout`` flow of ``apps/hello`` once, in this process, with the issue's plan: waves of 1
+cluster, 10 %, 40 % and the rest, max_parallel 50, no bake. It reports:
+
+- wall time of the flow run / critical path, where the critical path is the sum over waves of
+  ``ceil(n / max_parallel) x R`` (goal: at most 1.10 at 200 clusters, 1.25 at 1,000);
+- the speed-up over a sequential apply-and-wait loop (the same per-cluster code as the task,
+  without Prefect), timed over ``--sequential-sample`` clusters and scaled to the fleet
+  (goal: at least 20x at 200);
+- peak memory (max RSS) of this process, which is the flow process (goal: under 400 MB at 1,000);
+- with ``--approval``: how long a paused run takes to notice an approval sent with
+  ``resume_flow_run`` (goal: within 2 s).
+
+    .venv/bin/python bench/rollout.py --clusters 200
+    .venv/bin/python bench/rollout.py --clusters 1000 --sequential-sample 0 --approval
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _start_sandbox(clusters: int, directory: Path, ready: float) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "sandbox", "up", "--clusters", str(clusters),
+            "--dir", str(directory), "--no-services", "--rollout-seconds", str(ready),
+        ],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("sandbox ready"):
+            return process
+    raise SystemExit(f"sandbox exited with {process.wait()} before it was ready")
+
+
+def _register(inventory_url: str, kubeconfig: Path) -> list[str]:
+    from fleetops.clients.static import StaticClusters
+    from fleetops.domain.cluster import ClusterState
+    from fleetops.inventory import Inventory
+
+    clusters = StaticClusters(kubeconfig=kubeconfig).discover().clusters
+    # two clusters carry group=approval: the approval-latency rollout touches only them
+    records = [
+        c.model_copy(
+            update={
+                "state": ClusterState.REGISTERED,
+                "labels": {**c.labels, "env": "prod", "group": "approval" if i < 2 else "main"},
+            }
+        )
+        for i, c in enumerate(clusters)
+    ]
+    with Inventory(inventory_url) as inventory:
+        inventory.migrate()
+        inventory.upsert_many(records)
+    return [r.id for r in records]
+
+
+def _sequential(sample: int, version: str) -> float:
+    """Seconds per cluster of a plain apply-and-wait loop over ``sample`` clusters."""
+    from fleetops.clients.credentials import ClusterCredentials
+    from fleetops.discovery import load_settings
+    from fleetops.inventory import Inventory
+    from fleetops.inventory.rollouts import RolloutHistory
+    from fleetops.render import render_app
+    from tasks.rollout import ClusterWork, RolloutSettings, rollout_cluster
+
+    settings = load_settings()
+    credentials = ClusterCredentials.from_settings(settings)
+    with Inventory(settings.inventory.url) as inventory:
+        records = inventory.list()[-sample:]
+        history = RolloutHistory(inventory)
+        history.record_rollout("sequential", app="hello", version=version, parameters={})
+        started = time.perf_counter()
+        for record in records:
+            objects = render_app(
+                ROOT / "apps" / "hello", version=version, cluster_labels=record.labels
+            )
+            rollout_cluster(
+                ClusterWork(
+                    rollout_id="sequential",
+                    wave="all",
+                    cluster=record,
+                    version=version,
+                    objects=tuple(objects),
+                    deadline_seconds=120,
+                ),
+                credentials=credentials,
+                history=history,
+                options=RolloutSettings(),
+                timeout=settings.kube.request_timeout_seconds,
+            )
+        return (time.perf_counter() - started) / len(records)
+
+
+def _approval_latency() -> float:
+    """Seconds from resume_flow_run to the decision being recorded by the paused run."""
+    from fleetops.cli_rollout import approve_rollout, paused_flow_run
+    from fleetops.discovery import load_settings
+    from fleetops.domain.gates import ApprovalDecision, Decision
+    from fleetops.domain.rollout import ApprovalSpec, RolloutParameters, WaveSpec
+    from fleetops.inventory import Inventory
+    from fleetops.inventory.rollouts import RolloutHistory
+    from flows.rollout import rollout
+
+    settings = load_settings()
+    measured: list[float] = []
+
+    def approve() -> None:
+        while True:
+            try:
+                paused_flow_run("bench-approval", settings=settings)
+                break
+            except Exception:
+                time.sleep(0.05)
+        sent = time.perf_counter()
+        approve_rollout(
+            "bench-approval",
+            ApprovalDecision(decision=Decision.APPROVE, approver="bench"),
+            settings=settings,
+        )
+        with Inventory(settings.inventory.url) as inventory:
+            history = RolloutHistory(inventory)
+            while True:
+                state = history.rollout_state("bench-approval")
+                if state and "second" in state.approvals:
+                    measured.append(time.perf_counter() - sent)
+                    return
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=approve, daemon=True)
+    thread.start()
+    rollout(
+        parameters=RolloutParameters(
+            app="hello",
+            version="approval",
+            rollout_id="bench-approval",
+            target="group=approval",
+            waves=[
+                WaveSpec(name="first", count=1),
+                WaveSpec(name="second", approval=ApprovalSpec(required=True)),
+            ],
+        ),
+        return_state=True,
+    )
+    thread.join(30)
+    return measured[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clusters", type=int, default=200)
+    parser.add_argument("--ready", type=float, default=1.0, help="seconds to become ready")
+    parser.add_argument("--max-parallel", type=int, default=50)
+    parser.add_argument("--sequential-sample", type=int, default=10)
+    parser.add_argument("--approval", action="store_true", help="also time an approval")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
+        directory = Path(tmp) / "sandbox"
+        began = time.perf_counter()
+        sandbox = _start_sandbox(args.clusters, directory, args.ready)
+        print(f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s")
+        try:
+            from sandbox.fleet import read_env_file
+
+            os.environ.update(read_env_file(directory / "sandbox.env"))
+            url = f"sqlite:///{tmp}/inventory.db"
+            os.environ.update(
+                {
+                    "FLEETOPS_INVENTORY_URL": url,
+                    "FLEETOPS_ROLLOUT_APPS_DIR": str(ROOT / "apps"),
+                    "FLEETOPS_ROLLOUT_MAX_WORKERS": str(args.max_parallel + 8),
+                    "FLEETOPS_ROLLOUT_READINESS_POLL_SECONDS": "0.5",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "PREFECT_LOGGING_LEVEL": "WARNING",
+                }
+            )
+            _register(url, directory / "kubeconfig")
+
+            from prefect.task_runners import ThreadPoolTaskRunner
+            from prefect.testing.utilities import prefect_test_harness
+
+            from fleetops.domain.rollout import RolloutParameters, WaveSpec
+            from fleetops.domain.waves import plan_rollout
+            from fleetops.inventory import Inventory
+            from flows.rollout import rollout
+
+            mp = args.max_parallel
+            waves = [
+                WaveSpec(name="one", count=1, max_parallel=mp),
+                WaveSpec(name="ten", percent=10, max_parallel=mp),
+                WaveSpec(name="forty", percent=40, max_parallel=mp),
+                WaveSpec(name="rest", max_parallel=mp),
+            ]
+            parameters = RolloutParameters(
+                app="hello", version="2.0", rollout_id="bench", waves=waves
+            )
+            with Inventory(url) as inventory:
+                plan = plan_rollout(parameters, inventory.list())
+            critical = sum(math.ceil(w.size / mp) * args.ready for w in plan.waves)
+            with prefect_test_harness(server_startup_timeout=60):
+                flow = rollout.with_options(
+                    task_runner=ThreadPoolTaskRunner(max_workers=mp + 8)  # type: ignore[arg-type]
+                )
+                started, cpu = time.perf_counter(), time.process_time()
+                state = flow(parameters=parameters, return_state=True)
+                wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+                assert state.is_completed(), state.message
+                sizes = " / ".join(str(w.size) for w in plan.waves)
+                goal = 1.10 if args.clusters <= 200 else 1.25
+                ratio = wall / critical
+                print(f"waves {sizes}, max_parallel {mp}, ready {args.ready:g} s")
+                print(
+                    f"  flow run: {wall:.1f} s; critical path {critical:.1f} s; ratio "
+                    f"{ratio:.2f} (goal <= {goal}: {'met' if ratio <= goal else 'NOT met'}); "
+                    f"{cpu:.1f} s of the flow process's CPU"
+                )
+                if args.sequential_sample:
+                    per = _sequential(args.sequential_sample, "3.0")
+                    estimate = per * args.clusters
+                    print(
+                        f"  sequential apply-and-wait: {per:.2f} s per cluster (over "
+                        f"{args.sequential_sample}), {estimate:.0f} s for {args.clusters}; "
+                        f"speed-up {estimate / wall:.1f}x (goal >= 20x)"
+                    )
+                if args.approval:
+                    print(f"  approval noticed after {_approval_latency():.2f} s (goal <= 2 s)")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"  peak RSS of the flow process: {peak:.0f} MB (goal < 400 MB at 1,000)")
+        finally:
+            sandbox.terminate()
+            sandbox.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

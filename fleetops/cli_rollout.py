@@ -1,0 +1,230 @@
+"""``fleetops rollout``, ``fleetops approve`` and ``fleetops rollback``: the rollout flow from a
+terminal, with the settings in the environment (``FLEETOPS_*``, ``PREFECT_API_URL``).
+
+``rollout`` runs the flow in this process. It waits at approvals exactly like a run started from
+the Prefect UI (the flow run is paused until someone decides) and prints how to approve first.
+``approve`` finds the paused flow run of a rollout through the rollout history and resumes it
+with the decision (``resume_flow_run`` with ``run_input``), which is what the form in the UI
+does. ``rollback`` rolls an app back to each cluster's last known good version, in waves.
+
+Registered in :mod:`fleetops.cli` with ``app.add_typer(rollout_app)``; the commands are
+top-level (``fleetops rollout ...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from uuid import UUID
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from fleetops.domain.gates import ApprovalDecision, Decision
+from fleetops.domain.rollout import RolloutParameters, RolloutPlan
+from fleetops.errors import ConfigError, FleetopsError, InventoryError
+from fleetops.redaction import redact
+from fleetops.settings import Settings
+
+rollout_app = typer.Typer(help="Roll applications out to the fleet.", no_args_is_help=True)
+
+DEFAULT_PLAN = Path("deployments/rollout-default.yaml")
+
+
+class ApprovalError(FleetopsError):
+    """The rollout cannot take a decision now (unknown, not paused, finished)."""
+
+
+def _fail(message: str, *, code: int) -> NoReturn:
+    typer.echo(f"fleetops: {redact(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc.error_count()} error(s): {exc}", code=2)
+
+
+def load_plan(path: Path) -> RolloutPlan:
+    """A wave plan file, validated (:class:`ConfigError` naming the file)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the plan: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    try:
+        return RolloutPlan.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'plan'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def build_parameters(
+    app: str,
+    version: str | None,
+    *,
+    plan_file: Path | None,
+    dry_run: bool = False,
+    rollout_id: str | None = None,
+    rollback_to_last_known_good: bool = False,
+) -> RolloutParameters:
+    """The flow's parameters from the command line and a plan file (the default plan if none)."""
+    values: dict[str, Any] = {
+        "app": app,
+        "version": version,
+        "dry_run": dry_run,
+        "rollout_id": rollout_id,
+        "rollback_to_last_known_good": rollback_to_last_known_good,
+    }
+    path = plan_file if plan_file is not None else (DEFAULT_PLAN if DEFAULT_PLAN.exists() else None)
+    try:
+        if path is None:
+            return RolloutParameters.model_validate(values)
+        return RolloutParameters.with_plan(load_plan(path), **values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'parameters'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise ConfigError(problems) from exc
+
+
+def paused_flow_run(rollout_id: str, *, settings: Settings) -> UUID:
+    """The flow run of ``rollout_id``, which must be paused waiting for a decision."""
+    from prefect.client.orchestration import get_client
+
+    from fleetops.inventory import Inventory
+    from fleetops.inventory.rollouts import RolloutHistory
+
+    with Inventory(settings.inventory.url) as inventory:
+        inventory.migrate()
+        record = RolloutHistory(inventory).get_rollout(rollout_id)
+    if record is None:
+        raise ApprovalError(f"no rollout {rollout_id!r} in the history")
+    if record.flow_run_id is None:
+        raise ApprovalError(f"rollout {rollout_id!r} has no flow run on record")
+    flow_run_id = UUID(record.flow_run_id)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    if run.state is None or not run.state.is_paused():
+        state = run.state.name if run.state else "unknown"
+        raise ApprovalError(
+            f"rollout {rollout_id!r} is not waiting for approval (its flow run is {state})"
+        )
+    return flow_run_id
+
+
+def approve_rollout(
+    rollout_id: str, decision: ApprovalDecision, *, settings: Settings | None = None
+) -> UUID:
+    """Hand ``decision`` to the paused flow run of ``rollout_id``; returns the flow run id.
+
+    The flow records it (audit artifact, history, Slack) and decides: one more approval may
+    still be needed, a repeat approval by the same person does not count.
+    """
+    from prefect.flow_runs import resume_flow_run
+
+    flow_run_id = paused_flow_run(rollout_id, settings=settings or Settings())
+    resume_flow_run(flow_run_id, run_input=decision.model_dump(mode="json"))
+    return flow_run_id
+
+
+def _run(parameters: RolloutParameters, settings: Settings) -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.rollout import new_rollout_id, rollout
+    from tasks.rollout import RolloutSettings
+
+    rollout_id = parameters.rollout_id or new_rollout_id(
+        parameters.app, parameters.version or "last-known-good"
+    )
+    parameters = parameters.model_copy(update={"rollout_id": rollout_id})
+    approvals = [w.name for w in parameters.waves if w.approval.required]
+    typer.echo(f"rollout {rollout_id}: {parameters.app} {parameters.version or 'last known good'}")
+    if approvals and not parameters.dry_run:
+        typer.echo(
+            f"waves {', '.join(approvals)} wait for approval; approve with:\n"
+            f"  fleetops approve {rollout_id} --approver NAME [--comment TEXT]\n"
+            f"  (or --reject), or in the Prefect UI"
+        )
+    runner: Any = ThreadPoolTaskRunner(max_workers=RolloutSettings().max_workers)
+    state = rollout.with_options(task_runner=runner)(parameters=parameters, return_state=True)
+    if not state.is_completed():
+        _fail(f"rollout {rollout_id} ended {state.name}: {state.message or ''}", code=1)
+    report = state.result()
+    typer.echo(f"rollout {rollout_id} {report.status}: {report.message}")
+
+
+@rollout_app.command("rollout")
+def rollout_command(
+    app: Annotated[str, typer.Argument(help="Application (its manifests are apps/APP/).")],
+    version: Annotated[str, typer.Argument(help="Version to roll out (the image tag).")],
+    plan: Annotated[
+        Path | None,
+        typer.Option("--plan", help="Wave plan file; default deployments/rollout-default.yaml."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Server-side dry run and a diff; nothing changes.")
+    ] = False,
+    rollout_id: Annotated[
+        str | None, typer.Option("--rollout-id", help="Resume the rollout with this id.")
+    ] = None,
+) -> None:
+    """Roll APP out to the fleet at VERSION in staged waves (the rollout flow, in this process)."""
+    settings = _settings()
+    try:
+        parameters = build_parameters(
+            app, version, plan_file=plan, dry_run=dry_run, rollout_id=rollout_id
+        )
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    _run(parameters, settings)
+
+
+@rollout_app.command("rollback")
+def rollback_command(
+    app: Annotated[str, typer.Argument(help="Application to roll back.")],
+    plan: Annotated[
+        Path | None,
+        typer.Option("--plan", help="Wave plan file; default deployments/rollout-default.yaml."),
+    ] = None,
+) -> None:
+    """Put every cluster back on the version of APP it last ran successfully, in waves."""
+    settings = _settings()
+    try:
+        parameters = build_parameters(app, None, plan_file=plan, rollback_to_last_known_good=True)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    _run(parameters, settings)
+
+
+@rollout_app.command("approve")
+def approve_command(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout waiting for approval.")],
+    approver: Annotated[str, typer.Option("--approver", help="Your name (counted once).")],
+    reject: Annotated[
+        bool, typer.Option("--reject", help="Reject: the rollout fails (on_failure applies).")
+    ] = False,
+    comment: Annotated[str, typer.Option("--comment", help="Why, for the audit trail.")] = "",
+) -> None:
+    """Approve (or reject) the wave a rollout is waiting for."""
+    try:
+        decision = ApprovalDecision(
+            decision=Decision.REJECT if reject else Decision.APPROVE,
+            approver=approver,
+            comment=comment,
+        )
+    except ValidationError as exc:
+        _fail(f"invalid decision: {exc.errors(include_url=False)[0]['msg']}", code=2)
+    try:
+        flow_run_id = approve_rollout(rollout_id, decision, settings=_settings())
+    except (ApprovalError, InventoryError) as exc:
+        _fail(str(exc), code=1)
+    typer.echo(f"{decision.decision.value} sent to rollout {rollout_id} (flow run {flow_run_id})")
