@@ -25,7 +25,7 @@ from fleetops.domain.gates import ApprovalDecision, Decision
 from fleetops.domain.rollout import RolloutParameters, RolloutPlan
 from fleetops.errors import ConfigError, FleetopsError, InventoryError
 from fleetops.redaction import redact
-from fleetops.settings import Settings
+from fleetops.settings import RolloutSettings, Settings
 
 rollout_app = typer.Typer(help="Roll applications out to the fleet.", no_args_is_help=True)
 
@@ -140,7 +140,6 @@ def _run(parameters: RolloutParameters, settings: Settings) -> None:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.rollout import new_rollout_id, rollout
-    from tasks.rollout import RolloutSettings
 
     rollout_id = parameters.rollout_id or new_rollout_id(
         parameters.app, parameters.version or "last-known-good"

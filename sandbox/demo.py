@@ -4,11 +4,14 @@ Starts, each in its own process group so that nothing outlives the demo:
 
 1. ``prefect server start`` on 127.0.0.1:4200 (or the next free port) with its own PREFECT_HOME
    under ``.demo/prefect`` (SQLite) and ``PREFECT_UI_API_URL`` pointing the UI at that port;
-2. ``python -m sandbox up`` with the requested number of clusters under ``.demo/sandbox``.
+2. ``python -m sandbox up`` with the requested number of clusters under ``.demo/sandbox``;
+3. ``fleetops discover`` once, so the UI shows a filled inventory;
+4. ``fleetops rollout hello`` in the background, which rolls apps/hello out to a one-cluster
+   canary and then pauses for approval before the rest of the fleet.
 
-It prints where the UI, the kubeconfig and the settings are, then waits. On Ctrl-C (or SIGTERM)
-it stops both process groups, waits for them, and checks that their ports are closed again.
-Later issues add their flows here (discovery at start, a rollout waiting for approval, ...).
+It prints where the UI, the kubeconfig, the settings and the sandbox's services are and how to
+approve the rollout, then waits. On Ctrl-C (or SIGTERM) it stops every process group, waits for
+them, and checks that no process (bao included) and no port is left.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 READY_PREFIX = "sandbox ready"
+ROOT = Path(__file__).resolve().parents[1]
+FLEETOPS = Path(sys.executable).with_name("fleetops")
+DEMO_PLAN = ROOT / "deployments" / "rollout-demo.yaml"
+DEMO_VERSION = "1.0.0"
 
 
 def free_port(start: int, *, tries: int = 100) -> int:
@@ -82,7 +89,9 @@ class Demo:
         self.clusters = clusters
         self.ui_port = ui_port
         self.processes: list[subprocess.Popen[str]] = []
+        self.services: list[subprocess.Popen[str]] = []  # must stay up while the demo runs
         self.fleet: dict[str, Any] = {}  # the sandbox's fleet.json, once it is ready
+        self.rollout_id = ""
 
     @property
     def api_url(self) -> str:
@@ -102,7 +111,12 @@ class Demo:
         return env
 
     def _spawn(
-        self, args: Sequence[str], *, log: Path | None, env: dict[str, str]
+        self,
+        args: Sequence[str],
+        *,
+        log: Path | None,
+        env: dict[str, str],
+        service: bool = True,
     ) -> subprocess.Popen[str]:
         stdout = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
@@ -111,9 +125,12 @@ class Demo:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            cwd=ROOT,
             start_new_session=True,  # its own process group: stopped as a whole
         )
         self.processes.append(process)
+        if service:  # the demo stops when a service dies; a rollout may end on its own
+            self.services.append(process)
         return process
 
     def start(self) -> None:
@@ -164,6 +181,7 @@ class Demo:
         self._write_env(sandbox_dir)
         print(ready, flush=True)
         self._discover_once()
+        self._start_rollout()
         self.fleet = json.loads((sandbox_dir / "fleet.json").read_text())
         print(self._banner(sandbox_dir), flush=True)
 
@@ -173,6 +191,16 @@ class Demo:
         providers = ", ".join(
             f"{k} {v}" for k, v in sorted(self.fleet.get("providers", {}).items())
         )
+        rollout = [
+            "",
+            f"Rollout {self.rollout_id}: apps/hello {DEMO_VERSION} over the fleet, plan "
+            f"{DEMO_PLAN.relative_to(ROOT)}: a one-cluster canary, then it pauses for approval "
+            "before the wave 'fleet'. Approve it in the Prefect UI (the paused flow run "
+            f"rollout-{self.rollout_id}, Resume) or with:",
+            f"  set -a; . {self.workdir / 'demo.env'}; set +a; "
+            f".venv/bin/fleetops approve {self.rollout_id} --approver YOUR-NAME",
+            f"  progress: {self.workdir / 'rollout.log'}",
+        ]
         lines = [
             "",
             f"fleetops demo is up ({self.clusters} sandbox clusters: {providers})",
@@ -192,6 +220,7 @@ class Demo:
         for name, (label, key) in labels.items():
             if name in services:
                 lines.append(f"  {label:<26}{services[name][key]}")
+        lines += rollout if self.rollout_id else []
         context = self._first_context(sandbox_dir)
         lines += [
             "",
@@ -244,16 +273,23 @@ class Demo:
 
     # -- issue 4: discovery once at start, so the UI shows a filled inventory ------------------
 
-    def _discover_once(self) -> None:
-        """Run ``fleetops discover`` once with demo.env's settings; a failure is only reported."""
+    def _demo_env(self) -> dict[str, str]:
         from sandbox.fleet import read_env_file
 
         env = dict(os.environ)
         env.update(read_env_file(self.workdir / "demo.env"))
-        fleetops = Path(sys.executable).with_name("fleetops")
+        return env
+
+    def _discover_once(self) -> None:
+        """Run ``fleetops discover`` once with demo.env's settings; a failure is only reported."""
         began = time.monotonic()
         result = subprocess.run(
-            [str(fleetops), "discover"], env=env, capture_output=True, text=True, check=False
+            [str(FLEETOPS), "discover"],
+            env=self._demo_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         summary = (result.stdout.strip().splitlines() or [""])[-1]
         if result.returncode == 0:
@@ -265,6 +301,25 @@ class Demo:
         else:
             error = (result.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"demo: the first discovery run failed: {error}", file=sys.stderr, flush=True)
+
+    # -- issue 5: one rollout of apps/hello that waits for approval before its second wave -------
+
+    def _start_rollout(self) -> None:
+        """Start ``fleetops rollout hello`` in the background; it pauses before the wave 'fleet'.
+
+        It is a process of its own (``fleetops rollout`` waits at approvals exactly like a run
+        started from the UI); its output goes to ``rollout.log``. A fresh rollout id each time,
+        so a second demo in the same folder starts a new rollout (the clusters already at the
+        version are verified, not re-applied).
+        """
+        self.rollout_id = f"demo-hello-{time.strftime('%Y%m%d-%H%M%S')}"
+        self._spawn(
+            [str(FLEETOPS), "rollout", "hello", DEMO_VERSION, "--plan", str(DEMO_PLAN),
+             "--rollout-id", self.rollout_id],
+            log=self.workdir / "rollout.log",
+            env=self._demo_env(),
+            service=False,
+        )  # fmt: skip
 
     def stop(self, *, grace: float = 15.0) -> list[str]:
         """Stop every process group; return what was left behind (empty when clean)."""
@@ -286,7 +341,7 @@ class Demo:
             except ProcessLookupError:
                 continue
             # Children of the group still alive: stop them too, and report it.
-            left.append(f"process group {process.pid} ({process.args[2]})")
+            left.append(f"process group {process.pid} ({' '.join(map(str, process.args[1:3]))})")
             os.killpg(process.pid, signal.SIGKILL)
         vault_pid = self.fleet.get("services", {}).get("vault", {}).get("pid")
         if vault_pid and _alive(int(vault_pid)):
@@ -324,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         demo.start()
         while not stopping.is_set():
-            if any(p.poll() is not None for p in demo.processes):
+            if any(p.poll() is not None for p in demo.services):
                 print("demo: a process exited unexpectedly; stopping", file=sys.stderr, flush=True)
                 break
             stopping.wait(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from sandbox.fleet import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,6 +124,36 @@ def test_demo_serves_the_ui_and_the_fleet_then_stops_everything(tmp_path: Path) 
         assert len(service_ports) >= 5  # aws, gke, aks, vault, slack
         # discovery ran once at start, so the UI shows a filled inventory
         assert "discovery ran once" in output, output
+
+        # The rollout of apps/hello waits for approval before its second wave; approve it as
+        # the banner says, then every cluster runs hello at the demo version.
+        match = re.search(r"fleetops approve (demo-hello-\S+) --approver", output)
+        assert match, output
+        rollout_id = match.group(1)
+        cli_env = env | read_env_file(tmp_path / "demo.env")
+        fleetops = str(Path(sys.executable).with_name("fleetops"))
+        deadline = time.monotonic() + 90
+        while True:  # the canary wave runs first; approving before the pause is refused
+            approve = subprocess.run(
+                [fleetops, "approve", rollout_id, "--approver", "e2e", "--comment", "demo test"],
+                cwd=ROOT, env=cli_env, capture_output=True, text=True,
+            )  # fmt: skip
+            if approve.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert approve.returncode == 0, approve.stderr
+        rollout_log = tmp_path / "rollout.log"
+        deadline = time.monotonic() + 90
+        while f"rollout {rollout_id} succeeded" not in rollout_log.read_text():
+            assert time.monotonic() < deadline, rollout_log.read_text()
+            time.sleep(1)
+        for context in contexts:
+            image = subprocess.run(
+                ["kubectl", "--kubeconfig", str(kubeconfig), "--context", context, "-n", "hello",
+                 "get", "deployment", "hello", "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert image == "ghcr.io/fleetops/hello:1.0.0", context
     finally:
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
