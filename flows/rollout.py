@@ -90,6 +90,9 @@ AUDIT_ARTIFACT = "rollout-audit"
 DRY_RUN_ARTIFACT = "rollout-dry-run"
 #: clusters locked by one acquisition (Prefect events carry at most 100 related resources)
 LOCK_CHUNK = 50
+#: Least seconds between two updates of the progress artifact within a wave (each is an API
+#: call made by the flow's own thread, which also starts and collects the clusters).
+PROGRESS_INTERVAL = 1.0
 
 
 class RolloutFailed(FleetopsError):
@@ -175,6 +178,7 @@ class _Run:
         self.skipped: list[str] = []
         self.done = 0
         self.percent = 0
+        self.progress_at = -math.inf
         self.progress_id: UUID | None = None
         self.status = "running"
         self.slack_failed = 0
@@ -223,14 +227,19 @@ class _Run:
         self.status = state
         self.slack("update", self.headline(state, detail))
 
-    def progress(self) -> None:
-        """Update the progress artifact (at whole percents: one API call per point, not per
-        cluster, on a large fleet)."""
+    def progress(self, *, flush: bool = False) -> None:
+        """Update the progress artifact: at whole percents and at most once per
+        :data:`PROGRESS_INTERVAL` (one API call per step, not per cluster, on a large fleet);
+        ``flush`` (the end of a wave) writes the latest percent whatever the interval."""
         if self.progress_id is None or self.plan is None:
             return
         percent = math.floor(100 * self.done / max(1, len(self.plan.cluster_ids)))
-        if percent != self.percent:
+        if percent == self.percent:
+            return
+        now = time.monotonic()
+        if flush or percent == 100 or now - self.progress_at >= PROGRESS_INTERVAL:
             self.percent = percent
+            self.progress_at = now
             update_progress_artifact(self.progress_id, float(percent))
 
     def write_audit(self) -> None:
@@ -417,6 +426,7 @@ class _Run:
                     left[chunk_of[cid]] -= 1
                     if left[chunk_of[cid]] == 0:
                         locks.pop(chunk_of[cid]).close()
+            self.progress(flush=True)
         finally:
             for stack in locks.values():
                 stack.close()
@@ -650,7 +660,7 @@ class _Run:
             for wave in plan.waves:
                 if wave.name in passed:
                     self.done += wave.size
-                    self.progress()
+                    self.progress(flush=True)
                     self.note(f"wave {wave.name} passed in an earlier run: not run again")
                     continue
                 if not wave.clusters:

@@ -116,18 +116,27 @@ _known_limits: set[tuple[str, str]] = set()
 _known_lock = threading.Lock()
 
 
-def _ensure_limit(name: str) -> None:
-    """Create the one-slot limit if this process has not seen it yet (a missing limit limits
-    nothing in Prefect, so it must exist before it is used)."""
-    key = (str(PREFECT_API_URL.value()), name)
+def _ensure_limits(names: Sequence[str]) -> None:
+    """Create the one-slot limits this process has not seen yet (a missing limit limits
+    nothing in Prefect, so it must exist before it is used): one API client for all of them,
+    shared by up to eight threads (building a client per limit cost more than the request)."""
+    api = str(PREFECT_API_URL.value())
     with _known_lock:
-        if key in _known_limits:
-            return
-    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
-        # ObjectAlreadyExists: another run created it first
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    with _known_lock:
-        _known_limits.add(key)
+        missing = [n for n in names if (api, n) not in _known_limits]
+    if not missing:
+        return
+    with get_client(sync_client=True) as client:
+
+        def create(name: str) -> None:
+            with suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+            with _known_lock:
+                _known_limits.add((api, name))
+
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+            list(pool.map(create, missing))
 
 
 @contextmanager
@@ -143,10 +152,7 @@ def cluster_locks(cluster_ids: Sequence[str], *, options: RolloutSettings) -> It
         yield
         return
     names = [cluster_limit_name(c) for c in cluster_ids]
-    missing = [n for n in names if (str(PREFECT_API_URL.value()), n) not in _known_limits]
-    if missing:
-        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-            list(pool.map(_ensure_limit, missing))
+    _ensure_limits(names)
     with concurrency(
         names,
         occupy=1,
@@ -166,8 +172,8 @@ def _workloads(
         yield Workloads(kube)
 
 
-def _history() -> tuple[Inventory, RolloutHistory]:
-    inventory = Inventory(load_settings().inventory.url)
+def _history(url: str) -> tuple[Inventory, RolloutHistory]:
+    inventory = Inventory(url)
     return inventory, RolloutHistory(inventory)
 
 
@@ -257,7 +263,7 @@ def rollout_cluster_task(work: ClusterWork, credentials: ClusterCredentials) -> 
     The caller holds the cluster's lock (:func:`cluster_locks`) for the whole wave."""
     settings = load_settings()
     options = RolloutSettings()
-    inventory, history = _history()
+    inventory, history = _history(settings.inventory.url)
     try:
         report = rollout_cluster(
             work,

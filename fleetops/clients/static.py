@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +295,11 @@ class StaticClusters:
         self.kubeconfig_source = kubeconfig_source
         self.fleet = fleet if fleet is not None else FleetFile()
         self.fleet_dir = fleet_path.parent if fleet_path is not None else Path.cwd()
+        # Parsed kubeconfigs by path, kept while the file's (mtime, size, inode) is unchanged:
+        # a rollout asks one kubeconfig for hundreds of tokens, and parsing it each time is
+        # quadratic in the fleet. An edited file is read again at once.
+        self._parsed: dict[Path, tuple[tuple[int, int, int], dict[str, KubeconfigContext]]] = {}
+        self._parsed_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, kube: KubeSettings, static: StaticSettings) -> StaticClusters:
@@ -366,7 +372,7 @@ class StaticClusters:
     ) -> KubeconfigContext:
         path = (self.fleet_dir / entry.kubeconfig).expanduser()
         if path not in cache:
-            cache[path] = read_kubeconfig(path)
+            cache[path] = self._read(path)
         context = cache[path].get(entry.context_name)
         if context is None:
             raise ConfigError(
@@ -374,10 +380,26 @@ class StaticClusters:
             )
         return context
 
+    def _read(self, path: Path) -> dict[str, KubeconfigContext]:
+        """``read_kubeconfig(path)``, parsed once while the file stays the same."""
+        try:
+            info = path.stat()
+        except OSError:
+            return read_kubeconfig(path)  # names the file and the problem
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        with self._parsed_lock:
+            cached = self._parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        contexts = read_kubeconfig(path)
+        with self._parsed_lock:
+            self._parsed[path] = (stamp, contexts)
+        return contexts
+
     def context_for(self, cluster: Cluster) -> KubeconfigContext:
         """The kubeconfig context a static cluster is reached through."""
         if self.kubeconfig is not None and cluster.account == self.kubeconfig_source:
-            context = read_kubeconfig(self.kubeconfig).get(cluster.name)
+            context = self._read(self.kubeconfig).get(cluster.name)
             if context is not None:
                 return context
         for entry in self.fleet.static:

@@ -241,3 +241,22 @@ def test_malformed_kubeconfig_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("clusters: [\n")
     with pytest.raises(ConfigError, match=rf"{path}:2: the kubeconfig is not valid YAML"):
         read_kubeconfig(path)
+
+
+def test_tokens_follow_an_edited_kubeconfig(kubeconfig: Path, tmp_path: Path) -> None:
+    """The parsed kubeconfig is reused across tokens, but an edit is seen at once."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    static = StaticClusters(kubeconfig=path)
+    cluster = static.discover().clusters[0]
+    original = config["users"][0]["user"]["token"]
+    assert static.token_for(cluster).token.get_secret_value() == original
+
+    config["users"][0]["user"]["token"] = "rotated-" + original
+    path.write_text(yaml.safe_dump(config))
+    assert static.token_for(cluster).token.get_secret_value() == "rotated-" + original
+
+    path.unlink()
+    with pytest.raises(ConfigError, match="kubeconfig"):
+        static.token_for(cluster)
