@@ -182,6 +182,35 @@ def _ready_or_fail(cluster_id: str, readiness: ClusterReadiness) -> None:
         raise ClusterRolloutFailed(f"{cluster_id}: {readiness.message}")
 
 
+def _finish(
+    work: ClusterWork,
+    workloads: Workloads,
+    history: RolloutHistory,
+    options: RolloutSettings,
+    result: ApplyResult,
+    *,
+    action: ClusterAction,
+) -> ClusterReport:
+    """Wait for the target revision from live state, record success, report (raises if not)."""
+    readiness = workloads.wait_ready(
+        list(work.objects),
+        applied_generations=result.generations(),
+        deadline_seconds=work.deadline_seconds,
+        poll_seconds=options.readiness_poll_seconds,
+    )
+    _ready_or_fail(work.cluster.id, readiness)
+    history.record_cluster_result(
+        work.rollout_id, work.cluster.id, wave=work.wave, outcome=ClusterOutcome.SUCCEEDED
+    )
+    return ClusterReport(
+        cluster_id=work.cluster.id,
+        wave=work.wave,
+        action=action,
+        summary=result.summary,
+        message=readiness.message,
+    )
+
+
 def rollout_cluster(
     work: ClusterWork,
     *,
@@ -198,22 +227,8 @@ def rollout_cluster(
             # Resumed: a server-side dry run tells whether the cluster already holds the target.
             dry = workloads.apply(objects, dry_run=True)
             if dry.count(Action.CREATED) == 0 and dry.count(Action.CHANGED) == 0:
-                readiness = workloads.wait_ready(
-                    objects,
-                    applied_generations=dry.generations(),
-                    deadline_seconds=work.deadline_seconds,
-                    poll_seconds=options.readiness_poll_seconds,
-                )
-                _ready_or_fail(cluster_id, readiness)
-                history.record_cluster_result(
-                    work.rollout_id, cluster_id, wave=work.wave, outcome=ClusterOutcome.SUCCEEDED
-                )
-                return ClusterReport(
-                    cluster_id=cluster_id,
-                    wave=work.wave,
-                    action=ClusterAction.VERIFIED,
-                    summary=dry.summary,
-                    message=readiness.message,
+                return _finish(
+                    work, workloads, history, options, dry, action=ClusterAction.VERIFIED
                 )
         point = workloads.snapshot(objects)
         history.record_cluster_result(
@@ -231,23 +246,7 @@ def rollout_cluster(
             outcome=ClusterOutcome.APPLYING,
             applied_at=_utcnow(),
         )
-        readiness = workloads.wait_ready(
-            objects,
-            applied_generations=result.generations(),
-            deadline_seconds=work.deadline_seconds,
-            poll_seconds=options.readiness_poll_seconds,
-        )
-        _ready_or_fail(cluster_id, readiness)
-        history.record_cluster_result(
-            work.rollout_id, cluster_id, wave=work.wave, outcome=ClusterOutcome.SUCCEEDED
-        )
-        return ClusterReport(
-            cluster_id=cluster_id,
-            wave=work.wave,
-            action=ClusterAction.APPLIED,
-            summary=result.summary,
-            message=readiness.message,
-        )
+        return _finish(work, workloads, history, options, result, action=ClusterAction.APPLIED)
 
 
 @task(
