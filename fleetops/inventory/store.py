@@ -6,7 +6,11 @@ record or lose the table:
 
 - **SQLite**: WAL journal (readers never block the writer), ``busy_timeout`` (a second writer
   waits for the first instead of failing with "database is locked"), and write transactions begun
-  with ``BEGIN IMMEDIATE`` so the lock is taken before anything is read.
+  with ``BEGIN IMMEDIATE`` so the lock is taken before anything is read. Within one process,
+  write transactions also take a Python lock first: SQLite lets one writer in at a time and its
+  busy handler waits for the others by sleeping in growing steps (up to 100 ms), which with
+  fifty threads recording rollout steps made a write wait longer than the write; the lock hands
+  the database over as soon as it is free. ``busy_timeout`` still covers other processes.
 - **PostgreSQL**: the same statement from the postgresql dialect; rows are written in id order so
   two concurrent writers lock rows in the same order and cannot deadlock; migrations take an
   advisory lock.
@@ -26,9 +30,10 @@ import builtins
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +130,10 @@ class Inventory:
             raise InventoryError(f"invalid inventory URL: {_describe(exc)}") from exc
         self.url = parsed.render_as_string(hide_password=True)
         self._dialect = parsed.get_backend_name()
+        # one writer at a time in this process (see the module docstring); PostgreSQL needs none
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.RLock() if self._dialect == "sqlite" else nullcontext()
+        )
         if self._dialect not in ("sqlite", "postgresql"):
             raise InventoryError(
                 f"inventory {self.url}: unsupported database {self._dialect!r}; "
@@ -179,7 +188,7 @@ class Inventory:
     @contextmanager
     def _transaction(self, action: str, *, write: bool) -> Iterator[Connection]:
         try:
-            with self._engine.connect() as connection:
+            with self._write_lock if write else nullcontext(), self._engine.connect() as connection:
                 if write:
                     connection = connection.execution_options(**{_WRITE: True})
                 with connection.begin():
