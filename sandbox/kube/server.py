@@ -391,6 +391,21 @@ def format_selector(selector: dict[str, Any] | None, *, none: str = "<none>") ->
     return out or none
 
 
+#: libyaml's safe loader when PyYAML was built with it (it is in our wheels), else pure Python
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_yaml(raw: bytes) -> Any:
+    """A YAML body, as the apiserver reads it: JSON is YAML, and clients such as kubectl and
+    fleetops send apply patches as JSON, which ``json`` parses much faster than YAML does."""
+    if raw.lstrip()[:1] == b"{":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass  # not JSON after all: YAML decides
+    return yaml.load(raw, Loader=_YAML_LOADER)
+
+
 class Tables:
     """Builds ``meta.k8s.io/v1`` Table rows for one resource type."""
 
@@ -1112,7 +1127,7 @@ class ApiServer:
             )
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
-                data = yaml.safe_load(raw)
+                data = _load_yaml(raw)
             else:
                 data = json.loads(raw)
         except (ValueError, yaml.YAMLError) as e:
