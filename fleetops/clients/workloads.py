@@ -83,6 +83,27 @@ SERVER_METADATA = (
 SERVER_ANNOTATIONS = ("deployment.kubernetes.io/revision",)
 
 # Install order (Helm's, shortened): what others need first. Unknown kinds go last.
+#: Built-in kinds whose names Kubernetes fixes (GA, served by every supported version): where
+#: they live is known without asking, which saves each cluster step its discovery requests
+#: (``/api/v1`` alone lists every core resource). Anything else, custom resources included, is
+#: looked up in the cluster's discovery documents. (Kept to the kinds the sandbox serves, so a
+#: test can check every entry against a cluster's own discovery.)
+BUILT_IN: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "ConfigMap"): ("configmaps", True),
+    ("v1", "Namespace"): ("namespaces", False),
+    ("v1", "Pod"): ("pods", True),
+    ("v1", "Service"): ("services", True),
+    ("v1", "ServiceAccount"): ("serviceaccounts", True),
+    ("apps/v1", "DaemonSet"): ("daemonsets", True),
+    ("apps/v1", "Deployment"): ("deployments", True),
+    ("apps/v1", "ReplicaSet"): ("replicasets", True),
+    ("apps/v1", "StatefulSet"): ("statefulsets", True),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): (
+        "customresourcedefinitions",
+        False,
+    ),
+}
+
 _ORDER = {
     kind: index
     for index, kind in enumerate(
@@ -304,6 +325,9 @@ class _Resource:
         self.namespaced = namespaced
 
 
+_BUILT_IN_RESOURCES = {key: _Resource(*where) for key, where in BUILT_IN.items()}
+
+
 class _Target:
     """An object ready to be sent: its ref, its URL path, its body (namespace filled in)."""
 
@@ -408,6 +432,10 @@ class Workloads:
         self._discovery[api_version] = found
         return found
 
+    def _resource(self, api_version: str, kind: str) -> _Resource | None:
+        known = _BUILT_IN_RESOURCES.get((api_version, kind))
+        return known if known is not None else self._resources(api_version).get(kind)
+
     def _targets(self, objects: Iterable[Mapping[str, Any]]) -> list[_Target]:
         """The objects resolved against discovery, in apply order; Secrets refused."""
         targets: list[_Target] = []
@@ -427,7 +455,7 @@ class Workloads:
                     "live secret data in the inventory; Secrets are propagated by the secret "
                     "rotation flow instead"
                 )
-            resource = self._resources(api_version).get(kind)
+            resource = self._resource(api_version, kind)
             if resource is None:
                 raise Rejected(
                     f"the cluster does not serve kind {kind} in {api_version}", system=self.system

@@ -6,6 +6,7 @@ asserts on what the cluster ended up holding, read back with a separate client.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -266,3 +267,28 @@ def test_server_errors_are_transient_and_outage_unreachable(
     fleet_faults.outage(name, True)
     with pytest.raises(Unreachable):
         client.snapshot(objects)
+
+
+def test_built_in_kinds_are_where_the_cluster_serves_them(
+    kube_client: Callable[[str], kubernetes.client.ApiClient], fleet: Fleet
+) -> None:
+    """The kinds located without discovery (BUILT_IN) have the plural and scope the cluster's
+    own discovery documents give them."""
+    from fleetops.clients.workloads import BUILT_IN
+
+    api = kube_client(fleet.names[0])
+    served: dict[tuple[str, str], tuple[str, bool]] = {}
+    for api_version in sorted({v for v, _ in BUILT_IN}):
+        path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        response = api.call_api(
+            *api.param_serialize(method="GET", resource_path=path, auth_settings=["BearerToken"])
+        )
+        response.read()
+        assert response.status == 200, path
+        for resource in json.loads(response.data)["resources"]:
+            if "/" not in resource["name"]:
+                served[(api_version, resource["kind"])] = (
+                    resource["name"],
+                    resource["namespaced"],
+                )
+    assert {key: served.get(key) for key in BUILT_IN} == BUILT_IN
