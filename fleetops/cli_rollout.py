@@ -137,9 +137,7 @@ def approve_rollout(
 
 
 def _run(parameters: RolloutParameters, settings: Settings) -> None:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from flows.rollout import new_rollout_id, rollout
+    from flows.rollout import RolloutTaskRunner, new_rollout_id, rollout
 
     rollout_id = parameters.rollout_id or new_rollout_id(
         parameters.app, parameters.version or "last-known-good"
@@ -153,7 +151,7 @@ def _run(parameters: RolloutParameters, settings: Settings) -> None:
             f"  fleetops approve {rollout_id} --approver NAME [--comment TEXT]\n"
             f"  (or --reject), or in the Prefect UI"
         )
-    runner: Any = ThreadPoolTaskRunner(max_workers=RolloutSettings().max_workers)
+    runner: Any = RolloutTaskRunner(max_workers=RolloutSettings().max_workers)
     state = rollout.with_options(task_runner=runner)(parameters=parameters, return_state=True)
     if not state.is_completed():
         _fail(f"rollout {rollout_id} ended {state.name}: {state.message or ''}", code=1)

@@ -2,23 +2,24 @@
 
 Orchestration only: planning, wave gates, approvals and the failure policy are decided by
 :mod:`fleetops.domain` (``plan_rollout``, ``evaluate_wave``, ``should_stop``, ``record_approval``);
-each cluster is changed by a task of :mod:`tasks.rollout`; what happened is kept in the
-inventory's rollout history (:class:`~fleetops.inventory.rollouts.RolloutHistory`), which is
-also what a resumed run and a rollback read. The history, not a Prefect transaction, holds the
+each cluster is changed by a task of :mod:`tasks.rollout` running one step of
+:mod:`fleetops.cluster_rollout`; what happened is kept in the inventory's rollout history
+(:class:`~fleetops.inventory.rollouts.RolloutHistory`), which is also what a resumed run and a
+rollback read. The history, not a Prefect transaction, holds the
 rollback points: a rollback must still work after the process that applied was killed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import math
+import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
-from contextlib import ExitStack
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -32,13 +33,16 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.futures import PrefectFuture
+from prefect.results import ResultRecord
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetops.clients.credentials import ClusterCredentials
 from fleetops.clients.slack import Notifier, SlackClient
 from fleetops.clients.workloads import Action, ApplyResult
+from fleetops.cluster_rollout import ClusterReport, ClusterSteps, ClusterWork
 from fleetops.discovery import load_settings
 from fleetops.domain.gates import (
     ApprovalDecision,
@@ -65,19 +69,19 @@ from fleetops.inventory import Inventory
 from fleetops.inventory.rollouts import ClusterOutcome as HistoryOutcome
 from fleetops.inventory.rollouts import RolloutHistory, RolloutState, RolloutStatus
 from fleetops.render import render_app
-from tasks.discovery import read_inventory_task
+from fleetops.settings import RolloutSettings
+from tasks.discovery import read_inventory_task, retry_options
 from tasks.notify import run_url
 from tasks.rollout import (
-    ClusterReport,
-    ClusterWork,
-    RolloutSettings,
     check_health_task,
     cluster_locks,
     dry_run_cluster_task,
+    ensure_cluster_limits,
     restore_cluster_task,
-    retry_options,
     rollout_cluster_task,
 )
+
+R = TypeVar("R")
 
 #: bound of the flow's task runner; the CLI uses FLEETOPS_ROLLOUT_MAX_WORKERS
 DEFAULT_MAX_WORKERS = 64
@@ -88,11 +92,84 @@ PLAN_ARTIFACT = "rollout-plan"
 PROGRESS_ARTIFACT = "rollout-progress"
 AUDIT_ARTIFACT = "rollout-audit"
 DRY_RUN_ARTIFACT = "rollout-dry-run"
-#: clusters locked by one acquisition (Prefect events carry at most 100 related resources)
-LOCK_CHUNK = 50
-#: Least seconds between two updates of the progress artifact within a wave (each is an API
-#: call made by the flow's own thread, which also starts and collects the clusters).
+#: Least seconds between two updates of the progress artifact (sent by their own thread).
 PROGRESS_INTERVAL = 1.0
+
+
+class RolloutTaskRunner(ThreadPoolTaskRunner):
+    """The flow's task runner: a bounded thread pool whose threads all start with the run.
+
+    A ``ThreadPoolExecutor`` starts a thread only when a task finds none idle, that is in the
+    middle of a wave, where each start waits for the interpreter lock behind every busy thread
+    (seconds in all at fleet scale). Starting them when the runner opens, while nothing else
+    runs, costs milliseconds. Nothing else differs from :class:`ThreadPoolTaskRunner`.
+    """
+
+    #: pools larger than this start their threads lazily, as usual
+    WARM_LIMIT = 512
+
+    def __enter__(self) -> RolloutTaskRunner:
+        super().__enter__()
+        executor, workers = self._executor, self._max_workers
+        if executor is not None and workers <= self.WARM_LIMIT:
+            # each job holds its thread until all have started, so every submit adds a thread
+            started = threading.Barrier(workers + 1)
+            jobs = [executor.submit(started.wait, 30) for _ in range(workers)]
+            started.wait(30)
+            concurrent.futures.wait(jobs, timeout=30)
+        return self
+
+
+class _ProgressReporter:
+    """The progress artifact, sent by a thread of its own.
+
+    The flow's thread only sets the number; the reporter sends the latest one at most once per
+    :data:`PROGRESS_INTERVAL` (an API call per update, on the flow's thread, held up starting
+    and collecting clusters). :meth:`close` sends the last value before it returns. A failed
+    update is logged and never fails the rollout.
+    """
+
+    def __init__(self, artifact_id: UUID, logger: Any) -> None:
+        self._id = artifact_id
+        self._logger = logger
+        self._wanted = 0.0
+        self._sent = 0.0
+        self._closed = False
+        self._changed = threading.Condition()
+        # the thread needs the run's Prefect context (API URL, client) to send updates
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._loop,), name="rollout-progress", daemon=True
+        )
+        self._thread.start()
+
+    def set(self, percent: float) -> None:
+        with self._changed:
+            self._wanted = percent
+            self._changed.notify()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or self._wanted != self._sent)
+                wanted, closed = self._wanted, self._closed
+            if wanted != self._sent:
+                try:
+                    update_progress_artifact(self._id, wanted)
+                    self._sent = wanted
+                except Exception as exc:  # progress is a courtesy
+                    self._logger.warning("could not update the progress artifact: %s", exc)
+                    self._sent = wanted
+            if closed:
+                return
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed, timeout=PROGRESS_INTERVAL)
 
 
 class RolloutFailed(FleetopsError):
@@ -126,6 +203,26 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _result(future: PrefectFuture[R]) -> R:
+    """The return value of a task run of this flow, or its exception raised.
+
+    ``PrefectFuture.result()`` takes a trip through Prefect's event-loop thread for every call
+    (``State.result`` is a coroutine underneath), which at fleet scale made collecting the
+    clusters the flow thread's largest cost. The tasks keep their results in memory
+    (``persist_result=False``), so a finished run's state carries them as a ``ResultRecord``
+    and they are read from it here; any other state goes through ``result()``.
+    """
+    state = future.wrapped_future.result()
+    record = state.data
+    if isinstance(record, ResultRecord) and state.is_final() and not state.is_paused():
+        value = record.result
+        if state.is_completed():
+            return cast(R, value)
+        if isinstance(value, Exception) and (state.is_failed() or state.is_crashed()):
+            raise value
+    return future.result()
+
+
 def new_rollout_id(app: str, version: str, run_id: str | None = None) -> str:
     """``<app>-<version>-<8 hex>``, at most 63 characters (the history's key)."""
     suffix = (run_id or uuid.uuid4().hex).replace("-", "")[:8]
@@ -152,16 +249,15 @@ class _Run:
         *,
         rollout_id: str,
         history: RolloutHistory,
-        credentials: ClusterCredentials,
-        options: RolloutSettings,
+        steps: ClusterSteps,
         notifier: Notifier,
         ui_url: str | None,
     ) -> None:
         self.p = parameters
         self.rollout_id = rollout_id
         self.history = history
-        self.credentials = credentials
-        self.options = options
+        self.steps = steps
+        self.options = options = steps.options
         self.notifier = notifier
         self.ui_url = ui_url
         self.logger = get_run_logger()
@@ -177,9 +273,7 @@ class _Run:
         self.verified: list[str] = []
         self.skipped: list[str] = []
         self.done = 0
-        self.percent = 0
-        self.progress_at = -math.inf
-        self.progress_id: UUID | None = None
+        self.reporter: _ProgressReporter | None = None
         self.status = "running"
         self.slack_failed = 0
         self.slack_off = False
@@ -227,20 +321,10 @@ class _Run:
         self.status = state
         self.slack("update", self.headline(state, detail))
 
-    def progress(self, *, flush: bool = False) -> None:
-        """Update the progress artifact: at whole percents and at most once per
-        :data:`PROGRESS_INTERVAL` (one API call per step, not per cluster, on a large fleet);
-        ``flush`` (the end of a wave) writes the latest percent whatever the interval."""
-        if self.progress_id is None or self.plan is None:
-            return
-        percent = math.floor(100 * self.done / max(1, len(self.plan.cluster_ids)))
-        if percent == self.percent:
-            return
-        now = time.monotonic()
-        if flush or percent == 100 or now - self.progress_at >= PROGRESS_INTERVAL:
-            self.percent = percent
-            self.progress_at = now
-            update_progress_artifact(self.progress_id, float(percent))
+    def progress(self) -> None:
+        """Set the progress artifact to the share of clusters done (sent by its own thread)."""
+        if self.reporter is not None and self.plan is not None:
+            self.reporter.set(math.floor(100 * self.done / max(1, len(self.plan.cluster_ids))))
 
     def write_audit(self) -> None:
         lines = [
@@ -338,7 +422,7 @@ class _Run:
         self, wave: PlannedWave, cid: str, future: PrefectFuture[ClusterReport]
     ) -> ClusterOutcome:
         try:
-            report = future.result()
+            report = _result(future)
         except Exception as exc:
             message = str(exc)
             if isinstance(exc, Unreachable) and self.p.unreachable is UnreachablePolicy.SKIP:
@@ -374,20 +458,16 @@ class _Run:
         """Start clusters in plan order, at most max_parallel at once and pace_seconds apart,
         and start none after the failure budget is exceeded (running ones finish).
 
-        Clusters are locked in chunks of at most :data:`LOCK_CHUNK`, each taken when the first
-        of its clusters is about to start and released when all of them have finished: one
-        acquisition per chunk instead of one per cluster keeps the Prefect server off the
-        critical path, and a chunk stays within Prefect's limit of related resources per event.
+        The wave's clusters are locked together before the first one starts and released when
+        the last one has finished (:func:`~tasks.rollout.cluster_locks`): one atomic acquisition
+        per wave, so two rollouts sharing clusters never hold half of each other's, and the
+        Prefect server is asked once, not once per cluster.
         """
-        size = min(LOCK_CHUNK, wave.spec.max_parallel)
-        chunk_of = {cid: i // size for i, cid in enumerate(wave.clusters)}
-        left = Counter(chunk_of.values())
-        locks: dict[int, ExitStack] = {}
         queue = list(wave.clusters)
         running: dict[concurrent.futures.Future[Any], tuple[str, PrefectFuture[ClusterReport]]] = {}
         outcomes: list[ClusterOutcome] = []
         last_start: float | None = None
-        try:
+        with cluster_locks(wave.clusters, options=self.options):
             while queue or running:
                 while (
                     queue
@@ -401,13 +481,9 @@ class _Run:
                         if gap > 0:
                             time.sleep(gap)
                     cid = queue.pop(0)
-                    chunk = chunk_of[cid]
-                    if chunk not in locks:
-                        stack = ExitStack()
-                        members = [c for c in wave.clusters if chunk_of[c] == chunk]
-                        stack.enter_context(cluster_locks(members, options=self.options))
-                        locks[chunk] = stack
-                    future = self.cluster_task.submit(self.work(wave, cid), self.credentials)
+                    future = self.cluster_task.submit(
+                        quote(self.work(wave, cid)), quote(self.steps)
+                    )
                     running[future.wrapped_future] = (cid, future)
                     last_start = time.monotonic()
                 if not running:
@@ -423,13 +499,6 @@ class _Run:
                     outcomes.append(self.outcome(wave, cid, future))
                     self.done += 1
                     self.progress()
-                    left[chunk_of[cid]] -= 1
-                    if left[chunk_of[cid]] == 0:
-                        locks.pop(chunk_of[cid]).close()
-            self.progress(flush=True)
-        finally:
-            for stack in locks.values():
-                stack.close()
         return outcomes
 
     def bake_and_check(
@@ -442,7 +511,7 @@ class _Run:
             (
                 o,
                 check_health_task.submit(
-                    self.records[o.cluster_id], self.objects[o.cluster_id], self.credentials
+                    self.records[o.cluster_id], quote(self.objects[o.cluster_id]), quote(self.steps)
                 ),
             )
             for o in outcomes
@@ -451,7 +520,7 @@ class _Run:
         regressed: dict[str, str] = {}
         for outcome, future in checks:
             try:
-                readiness = future.result()
+                readiness = _result(future)
                 if readiness.status is not ReadinessStatus.READY:
                     regressed[outcome.cluster_id] = readiness.message
             except Exception as exc:
@@ -569,7 +638,7 @@ class _Run:
                     **retry_options(
                         retries=self.options.retries, base_delay=self.options.retry_delay_seconds
                     )
-                )(record, result.rollback_point, self.credentials, deadline)
+                )(record, quote(result.rollback_point), quote(self.steps), deadline)
                 ok, message = restored.ok, restored.message
             except Exception as exc:
                 ok, message = False, str(exc)
@@ -604,7 +673,9 @@ class _Run:
         futures = [
             (
                 cid,
-                dry_run_cluster_task.submit(self.records[cid], self.objects[cid], self.credentials),
+                dry_run_cluster_task.submit(
+                    self.records[cid], quote(self.objects[cid]), quote(self.steps)
+                ),
             )
             for cid in plan.cluster_ids
         ]
@@ -612,7 +683,7 @@ class _Run:
         problems: list[str] = []
         for cid, future in futures:
             try:
-                result: ApplyResult = future.result()
+                result: ApplyResult = _result(future)
             except Exception as exc:
                 problems.append(f"{cid}: {exc}")
                 rows.append({"cluster": cid, "wave": plan.wave_of(cid), "error": str(exc)[:300]})
@@ -651,16 +722,43 @@ class _Run:
         )
 
     def run(self, plan: WavePlan) -> RolloutReport:
+        self.reporter = _ProgressReporter(
+            create_progress_artifact(
+                0.0, key=PROGRESS_ARTIFACT, description=f"Clusters done of {len(plan.cluster_ids)}"
+            ),
+            self.logger,
+        )
+        try:
+            return self._run_waves(plan)
+        finally:
+            self.reporter.close()
+
+    def _prepare_locks(self, cluster_ids: list[str]) -> None:
+        try:
+            ensure_cluster_limits(cluster_ids)
+        except Exception as exc:  # each wave ensures its own limits again, and fails there
+            self.logger.debug("could not create the cluster limits ahead: %s", exc)
+
+    def _run_waves(self, plan: WavePlan) -> RolloutReport:
         passed = set(self.prior.waves_passed) if self.prior else set()
         total = len(plan.waves)
-        self.progress_id = create_progress_artifact(
-            0.0, key=PROGRESS_ARTIFACT, description=f"Clusters done of {len(plan.cluster_ids)}"
-        )
+        # Each cluster's lock must exist before a wave takes it. The first wave makes sure of its
+        # own; the others' are created meanwhile (a first rollout on a large fleet creates one
+        # per cluster, which is seconds of API calls), and each wave checks again anyway.
+        later = [c for w in plan.waves[1:] if w.name not in passed for c in w.clusters]
+        if later:
+            context = contextvars.copy_context()
+            threading.Thread(
+                target=context.run,
+                args=(self._prepare_locks, later),
+                name="rollout-limits",
+                daemon=True,
+            ).start()
         try:
             for wave in plan.waves:
                 if wave.name in passed:
                     self.done += wave.size
-                    self.progress(flush=True)
+                    self.progress()
                     self.note(f"wave {wave.name} passed in an earlier run: not run again")
                     continue
                 if not wave.clusters:
@@ -751,7 +849,7 @@ def _tag_run(rollout_id: str, app: str) -> None:
 @flow(
     name="rollout",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_MAX_WORKERS),
+    task_runner=RolloutTaskRunner(max_workers=DEFAULT_MAX_WORKERS),
     validate_parameters=True,
 )
 def rollout(parameters: RolloutParameters) -> RolloutReport:
@@ -801,8 +899,12 @@ def rollout(parameters: RolloutParameters) -> RolloutReport:
             parameters,
             rollout_id=rollout_id,
             history=history,
-            credentials=ClusterCredentials.from_settings(settings),
-            options=options,
+            steps=ClusterSteps(
+                credentials=ClusterCredentials.from_settings(settings),
+                history=history,
+                options=options,
+                timeout_seconds=settings.kube.request_timeout_seconds,
+            ),
             notifier=notifier,
             ui_url=ui_url,
         )

@@ -443,6 +443,51 @@ def test_halt_then_roll_back_to_last_known_good(rollouts: Rollouts) -> None:
     assert {rollouts.version(n) for n in ("ro-01", "ro-04", "ro-07", "ro-10")} == {"1.0"}
 
 
+# --- one rollout at a time per cluster ----------------------------------------------------
+
+
+def test_a_cluster_held_elsewhere_is_not_touched_until_it_is_released(
+    rollouts: Rollouts,
+) -> None:
+    """Another holder of one cluster's lock (a rollout, a rotation) keeps the whole wave that
+    contains it from starting; the wave starts once the lock is released."""
+    import threading
+
+    from fleetops.settings import RolloutSettings
+    from tasks.rollout import cluster_locks
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with cluster_locks([rollouts.ids["ro-04"]], options=RolloutSettings()):
+            held.set()
+            release.wait(60)
+
+    holder, holder_errors = in_thread(hold)
+    assert held.wait(30), holder_errors
+    waves = [WaveSpec(name="all", max_parallel=4, progress_deadline_seconds=20)]
+    results: list[Any] = []
+    runner, errors = in_thread(
+        lambda: results.append(
+            rollouts.run(version="1.0", rollout_id="held", target=API, waves=waves)
+        )
+    )
+    time.sleep(3)  # the run plans, then waits for the lock
+    assert runner.is_alive()
+    state = rollouts.state("held")
+    assert state is not None
+    assert state.clusters == {}
+    assert [rollouts.deployment(n) for n in ("ro-01", "ro-04", "ro-07", "ro-10")] == [None] * 4
+
+    release.set()
+    holder.join(10)
+    runner.join(60)
+    assert not holder_errors, holder_errors
+    assert not errors, errors
+    assert results[0].is_completed(), results[0].message
+    assert {rollouts.version(n) for n in ("ro-01", "ro-04", "ro-07", "ro-10")} == {"1.0"}
+
+
 # --- resume after the flow process is killed ----------------------------------------------
 
 
