@@ -73,10 +73,9 @@ from fleetops.settings import RolloutSettings
 from tasks.discovery import read_inventory_task, retry_options
 from tasks.notify import run_url
 from tasks.rollout import (
+    ClusterLock,
     check_health_task,
-    cluster_locks,
     dry_run_cluster_task,
-    ensure_cluster_limits,
     restore_cluster_task,
     rollout_cluster_task,
 )
@@ -274,6 +273,7 @@ class _Run:
         self.skipped: list[str] = []
         self.done = 0
         self.reporter: _ProgressReporter | None = None
+        self.locks_ahead: dict[str, ClusterLock] = {}
         self.status = "running"
         self.slack_failed = 0
         self.slack_off = False
@@ -458,21 +458,28 @@ class _Run:
         """Start clusters in plan order, at most max_parallel at once and pace_seconds apart,
         and start none after the failure budget is exceeded (running ones finish).
 
-        The wave's clusters are locked together before the first one starts and released when
-        the last one has finished (:func:`~tasks.rollout.cluster_locks`): one atomic acquisition
-        per wave, so two rollouts sharing clusters never hold half of each other's, and the
-        Prefect server is asked once, not once per cluster.
+        The wave's clusters are locked together (:class:`~tasks.rollout.ClusterLock`, taken by
+        :meth:`reserve`) and released when the last one has finished. A lock whose lease could
+        not be renewed starts no more clusters and stops the rollout.
         """
+        lock = self.locks_ahead.pop(wave.name, None) or ClusterLock(
+            wave.clusters, options=self.options
+        )
         queue = list(wave.clusters)
         running: dict[concurrent.futures.Future[Any], tuple[str, PrefectFuture[ClusterReport]]] = {}
         outcomes: list[ClusterOutcome] = []
         last_start: float | None = None
-        with cluster_locks(wave.clusters, options=self.options):
+        try:
+            try:
+                lock.wait()
+            except Exception as exc:  # held elsewhere for too long, or Prefect unreachable
+                raise _Stop(f"wave {wave.name!r}: could not lock its clusters: {exc}") from exc
             while queue or running:
                 while (
                     queue
                     and len(running) < wave.spec.max_parallel
                     and not should_stop(outcomes, wave)
+                    and lock.lost is None
                 ):
                     if wave.spec.pace_seconds and last_start is not None:
                         gap = wave.spec.pace_seconds - (time.monotonic() - last_start)
@@ -499,7 +506,32 @@ class _Run:
                     outcomes.append(self.outcome(wave, cid, future))
                     self.done += 1
                     self.progress()
+        finally:
+            lock.release()
+        if lock.lost is not None:
+            raise _Stop(lock.lost)
         return outcomes
+
+    def reserve(self, waves: Sequence[PlannedWave]) -> None:
+        """Start taking the locks of ``waves`` (the wave about to run and those after it, up to
+        the next one that needs an approval), one lock per wave, in wave order.
+
+        A wave's clusters are thus reserved from the start of the stretch of waves it belongs
+        to, not just from its own start: taking a lock is a write on the Prefect server, which
+        answers slowly while a wave's task runs keep it busy (seconds per wave on the test
+        server), and taken in advance it costs the run nothing. A lock is never held across an
+        approval: people may take hours to decide, and meanwhile other rollouts and secret
+        rotations may use those clusters. Each wave still releases its clusters when it ends.
+        """
+        previous: ClusterLock | None = None
+        for index, wave in enumerate(waves):
+            if index > 0 and wave.spec.approval.required:
+                return
+            if wave.name in self.locks_ahead:
+                previous = self.locks_ahead[wave.name]
+                continue
+            previous = ClusterLock(wave.clusters, options=self.options, after=previous)
+            self.locks_ahead[wave.name] = previous
 
     def bake_and_check(
         self, wave: PlannedWave, outcomes: list[ClusterOutcome]
@@ -733,57 +765,49 @@ class _Run:
         finally:
             self.reporter.close()
 
-    def _prepare_locks(self, cluster_ids: list[str]) -> None:
-        try:
-            ensure_cluster_limits(cluster_ids)
-        except Exception as exc:  # each wave ensures its own limits again, and fails there
-            self.logger.debug("could not create the cluster limits ahead: %s", exc)
-
     def _run_waves(self, plan: WavePlan) -> RolloutReport:
         passed = set(self.prior.waves_passed) if self.prior else set()
         total = len(plan.waves)
-        # Each cluster's lock must exist before a wave takes it. The first wave makes sure of its
-        # own; the others' are created meanwhile (a first rollout on a large fleet creates one
-        # per cluster, which is seconds of API calls), and each wave checks again anyway.
-        later = [c for w in plan.waves[1:] if w.name not in passed for c in w.clusters]
-        if later:
-            context = contextvars.copy_context()
-            threading.Thread(
-                target=context.run,
-                args=(self._prepare_locks, later),
-                name="rollout-limits",
-                daemon=True,
-            ).start()
         try:
-            for wave in plan.waves:
-                if wave.name in passed:
-                    self.done += wave.size
-                    self.progress()
-                    self.note(f"wave {wave.name} passed in an earlier run: not run again")
-                    continue
-                if not wave.clusters:
-                    self.note(f"wave {wave.name} has no cluster")
-                    self.history.record_wave_passed(self.rollout_id, wave.name, summary="empty")
-                    continue
-                if wave.spec.approval.required:
-                    self.approve(wave)
-                self.update_parent(f"wave {wave.index}/{total} {wave.name}")
-                self.note(
-                    f"wave {wave.index}/{total} {wave.name} starts: {wave.size} cluster(s), "
-                    f"{wave.spec.max_parallel} at a time, max failures {wave.max_failures}",
-                    slack=True,
-                )
-                outcomes = self.run_wave(wave)
-                verdict = evaluate_wave(outcomes, wave)
-                if verdict.passed and wave.spec.bake_seconds > 0:
-                    outcomes = self.bake_and_check(wave, outcomes)
+            try:
+                for index, wave in enumerate(plan.waves):
+                    if wave.name in passed:
+                        self.done += wave.size
+                        self.progress()
+                        self.note(f"wave {wave.name} passed in an earlier run: not run again")
+                        continue
+                    if not wave.clusters:
+                        self.note(f"wave {wave.name} has no cluster")
+                        self.history.record_wave_passed(self.rollout_id, wave.name, summary="empty")
+                        continue
+                    if wave.spec.approval.required:
+                        self.approve(wave)
+                    self.reserve(
+                        [w for w in plan.waves[index:] if w.name not in passed and w.clusters]
+                    )
+                    self.update_parent(f"wave {wave.index}/{total} {wave.name}")
+                    self.note(
+                        f"wave {wave.index}/{total} {wave.name} starts: {wave.size} cluster(s), "
+                        f"{wave.spec.max_parallel} at a time, max failures {wave.max_failures}",
+                        slack=True,
+                    )
+                    outcomes = self.run_wave(wave)
                     verdict = evaluate_wave(outcomes, wave)
-                self.verdicts.append(verdict)
-                self.publish_wave(wave, outcomes)
-                self.note(verdict.reason, slack=True)
-                if not verdict.passed:
-                    raise _Stop(verdict.reason)
-                self.history.record_wave_passed(self.rollout_id, wave.name, summary=verdict.reason)
+                    if verdict.passed and wave.spec.bake_seconds > 0:
+                        outcomes = self.bake_and_check(wave, outcomes)
+                        verdict = evaluate_wave(outcomes, wave)
+                    self.verdicts.append(verdict)
+                    self.publish_wave(wave, outcomes)
+                    self.note(verdict.reason, slack=True)
+                    if not verdict.passed:
+                        raise _Stop(verdict.reason)
+                    self.history.record_wave_passed(
+                        self.rollout_id, wave.name, summary=verdict.reason
+                    )
+            finally:
+                for lock in self.locks_ahead.values():  # taken for a wave that will not run
+                    lock.release()
+                self.locks_ahead.clear()
         except _Stop as stop:
             return self.stopped(str(stop))
         except Exception as exc:

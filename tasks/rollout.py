@@ -10,26 +10,29 @@ Retries are for transient errors only (connection, timeout, 429, 5xx), with expo
 and jitter; a 4xx or a workload that does not get ready fails the cluster with the message.
 
 A cluster is changed only under its Prefect global concurrency limit ``cluster:<id>`` (one slot,
-created on first use; :func:`ensure_cluster_limits`, :func:`cluster_locks`), so two rollouts
-never touch it at once: the flow locks each wave's clusters while the wave runs, a restore
-locks its cluster.
+created on first use by :func:`ensure_cluster_limits`), so two rollouts never touch it at once:
+the flow locks each wave's clusters while the wave runs (:class:`ClusterLock`), a restore locks
+its cluster (:func:`cluster_locks`).
 
 No result is persisted or cached: they describe "now", and tokens never leave a task.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.concurrency._sync import (
     acquire_concurrency_slots_with_lease,
     release_concurrency_slots_with_lease,
@@ -45,6 +48,7 @@ from fleetops.settings import RolloutSettings
 from tasks.discovery import retry_transient
 
 __all__ = [
+    "ClusterLock",
     "check_health_task",
     "cluster_limit_name",
     "cluster_locks",
@@ -53,6 +57,8 @@ __all__ = [
     "restore_cluster_task",
     "rollout_cluster_task",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: page size when listing the existing global concurrency limits
 _LIMIT_PAGE = 200
@@ -107,38 +113,122 @@ def ensure_cluster_limits(cluster_ids: Sequence[str]) -> None:
         _known_limits.update((api, n) for n in unknown)
 
 
-@contextmanager
-def cluster_locks(cluster_ids: Sequence[str], *, options: RolloutSettings) -> Iterator[None]:
-    """Hold one slot of each cluster's limit: no other rollout or rotation touches them meanwhile.
+class ClusterLock:
+    """One slot of each cluster's limit, taken and kept by a thread of its own: while it is
+    held, no other rollout or secret rotation touches these clusters.
 
-    All of them are taken in one request (atomically: a cluster held elsewhere makes this wait
-    for it, up to ``lock_timeout_seconds``), under a lease renewed while the block runs, so the
-    slots of a killed process come free when the lease ends. The flow locks a whole wave at once.
+    All the slots are taken in one request (atomically: a cluster held elsewhere makes it wait
+    for that one, up to ``lock_timeout_seconds``), under a lease the thread renews every three
+    quarters of ``lock_lease_seconds``, so the slots of a killed process come free when its
+    lease ends. Creating the lock starts taking it (``after`` another lock: once that one is
+    taken, so a chain of locks is taken in order and a holder never waits for an earlier lock
+    while holding a later one); :meth:`wait` blocks until it is held (or raises why not);
+    :meth:`release` gives it back (a lock released before it was taken is never taken). If the
+    lease cannot be renewed before it ends, :attr:`lost` says so, and the flow starts no more
+    cluster under it.
 
-    This is :func:`prefect.concurrency.sync.concurrency` without its events: that emits one
-    event per limit naming every other limit of the acquisition (and again on release), which
-    for 50 clusters was 5,000 related resources built by the flow's thread and stored by the
-    server, the largest cost of a rollout at fleet scale. Acquisition, lease renewal and
-    release are Prefect's own functions.
+    This is :func:`prefect.concurrency.sync.concurrency` without its events, which name every
+    other limit of the acquisition in each limit's event (and again on release): for 50
+    clusters, 5,000 related resources built by the flow's thread and stored by the server, the
+    largest cost of a rollout at fleet scale. Acquisition and release are Prefect's own
+    functions; the renewal is the client's ``renew_concurrency_lease``.
     """
-    if not cluster_ids:
-        yield
-        return
-    ensure_cluster_limits(cluster_ids)
-    lease = acquire_concurrency_slots_with_lease(
-        [cluster_limit_name(c) for c in cluster_ids],
-        1,
-        timeout_seconds=options.lock_timeout_seconds,
-        lease_duration=options.lock_lease_seconds,
-        strict=True,
-    )
+
+    def __init__(
+        self,
+        cluster_ids: Sequence[str],
+        *,
+        options: RolloutSettings,
+        after: ClusterLock | None = None,
+    ) -> None:
+        self.cluster_ids = tuple(cluster_ids)
+        self._after = after
+        self.lost: str | None = None
+        self._options = options
+        self._taken = threading.Event()
+        self._released = threading.Event()
+        self._error: BaseException | None = None
+        # the thread needs the caller's Prefect context (API URL, settings)
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._hold,), name="cluster-lock", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the lock is held; raise the error that kept it from being taken."""
+        self._taken.wait()
+        if self._error is not None:
+            raise self._error
+
+    def release(self) -> None:
+        """Give the slots back (at once when held; as soon as they are taken otherwise)."""
+        self._released.set()
+        if self._taken.is_set():
+            self._thread.join(30)
+
+    def _hold(self) -> None:
+        if self._after is not None:  # locks of a chain are taken in order, one at a time
+            self._after._taken.wait()
+        if not self.cluster_ids or self._released.is_set():
+            self._taken.set()
+            return
+        try:
+            ensure_cluster_limits(self.cluster_ids)
+            lease = acquire_concurrency_slots_with_lease(
+                [cluster_limit_name(c) for c in self.cluster_ids],
+                1,
+                timeout_seconds=self._options.lock_timeout_seconds,
+                lease_duration=self._options.lock_lease_seconds,
+                strict=True,
+            )
+        except BaseException as exc:
+            self._error = exc
+            self._taken.set()
+            return
+        self._taken.set()
+        try:
+            self._renew(lease.lease_id)
+        finally:
+            try:
+                release_concurrency_slots_with_lease(lease.lease_id)
+            except Exception as exc:  # the lease ends by itself
+                _log.warning("could not release the lock of %s cluster(s): %s", len(self), exc)
+
+    def _renew(self, lease_id: UUID) -> None:
+        duration = self._options.lock_lease_seconds
+        renewed = time.monotonic()
+        delay = duration * 0.75
+        with get_client(sync_client=True) as client:
+            while not self._released.wait(delay):
+                try:
+                    client.renew_concurrency_lease(lease_id, lease_duration=duration)
+                except Exception as exc:
+                    left = renewed + duration - time.monotonic()
+                    if left <= 0:
+                        self.lost = (
+                            f"the lock of {len(self)} cluster(s) was lost: its lease could not "
+                            f"be renewed ({exc})"
+                        )
+                        return
+                    delay = min(5.0, max(0.5, left / 4))
+                    continue
+                renewed = time.monotonic()
+                delay = duration * 0.75
+
+    def __len__(self) -> int:
+        return len(self.cluster_ids)
+
+
+@contextmanager
+def cluster_locks(cluster_ids: Sequence[str], *, options: RolloutSettings) -> Iterator[ClusterLock]:
+    """Hold a :class:`ClusterLock` on ``cluster_ids`` for the block."""
+    lock = ClusterLock(cluster_ids, options=options)
     try:
-        with maintain_concurrency_lease(
-            lease.lease_id, options.lock_lease_seconds, raise_on_lease_renewal_failure=True
-        ):
-            yield
+        lock.wait()
+        yield lock
     finally:
-        release_concurrency_slots_with_lease(lease.lease_id)
+        lock.release()
 
 
 @task(
