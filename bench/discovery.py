@@ -6,8 +6,9 @@ provider API answer (moto's EKS/STS, GKE, AKS) through the sandbox's control end
 times, with the same code the flow's tasks call (:func:`fleetops.discovery.discover_source`):
 
 1. each source alone, ``--repeat`` times (best kept): its own chain of API calls, with its own
-   bounded concurrency (EKS list pages then describe_cluster, AKS list pages then
-   listClusterUserCredential, one GKE list per project, static files);
+   bounded concurrency (EKS assume roles, then list pages and describe_cluster as each
+   listing is in, AKS list pages then listClusterUserCredential, one GKE list per project,
+   static files);
 2. every source at once, as the flow runs them (one worker per source, like its bounded
    ThreadPoolTaskRunner), ``--repeat`` times (best kept).
 

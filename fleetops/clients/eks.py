@@ -25,6 +25,7 @@ import binascii
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -203,7 +204,8 @@ class AwsSessions:
     """A boto3 session per AWS account: the ambient one, or an assumed role (cached).
 
     ``base_session`` holds the ambient credentials (default: a new session with the standard
-    chain, see :func:`new_session`). Thread-safe: discovery and token minting may share one instance.
+    chain, see :func:`new_session`). Thread-safe: discovery and token minting may share one
+    instance, and roles of different accounts are assumed at the same time (one STS client).
     """
 
     def __init__(
@@ -222,9 +224,13 @@ class AwsSessions:
         self.sts_region = sts_region
         self.role_session_name = role_session_name
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the dictionaries below
+        self._client_lock = threading.Lock()  # creating clients from a session is not thread-safe
+        self._ambient_lock = threading.Lock()
+        self._role_locks: dict[str, threading.Lock] = {}  # one assume_role at a time per role
         self._assumed: dict[str, _Assumed] = {}
         self._ambient_account: str | None = None
+        self._sts_client: Any = None
 
     @classmethod
     def from_settings(
@@ -245,7 +251,7 @@ class AwsSessions:
     def client(self, service: str, *, account: EksAccount, region: str) -> Any:
         """A boto3 client for ``service`` in ``region`` with ``account``'s credentials."""
         session = self.session_for(account)
-        with self._lock:  # creating clients from one session is not thread-safe
+        with self._client_lock:
             return session.client(
                 service, region_name=region, endpoint_url=self.endpoint_url, config=self.config
             )
@@ -262,17 +268,22 @@ class AwsSessions:
                     system=SYSTEM,
                 )
             return self.base_session
+        role_arn = account.role_arn
         with self._lock:
-            cached = self._assumed.get(account.role_arn)
+            role_lock = self._role_locks.setdefault(role_arn, threading.Lock())
+        with role_lock:  # other roles are assumed meanwhile
+            with self._lock:
+                cached = self._assumed.get(role_arn)
             if cached is not None and cached.expiration - self._clock() > _RENEW_BEFORE:
                 return cached.session
-            assumed = self._assume(account.role_arn)
-            self._assumed[account.role_arn] = assumed
+            assumed = self._assume(role_arn)
+            with self._lock:
+                self._assumed[role_arn] = assumed
             return assumed.session
 
     def ambient_account(self) -> str:
         """The account the ambient credentials belong to (STS GetCallerIdentity, once)."""
-        with self._lock:
+        with self._ambient_lock:
             if self._ambient_account is None:
                 sts = self._sts()
                 identity = _call(
@@ -282,9 +293,16 @@ class AwsSessions:
             return self._ambient_account
 
     def _sts(self) -> Any:
-        return self.base_session.client(
-            "sts", region_name=self.sts_region, endpoint_url=self.endpoint_url, config=self.config
-        )
+        """The STS client of the ambient credentials (made once; boto3 clients are thread-safe)."""
+        with self._client_lock:
+            if self._sts_client is None:
+                self._sts_client = self.base_session.client(
+                    "sts",
+                    region_name=self.sts_region,
+                    endpoint_url=self.endpoint_url,
+                    config=self.config,
+                )
+            return self._sts_client
 
     def _assume(self, role_arn: str) -> _Assumed:
         sts = self._sts()
@@ -323,7 +341,8 @@ class EksDiscovery:
     """Lists the EKS clusters of every configured account and region.
 
     ``page_size`` is ``list_clusters``' ``maxResults``; ``max_workers`` bounds the concurrent
-    calls (listings of account/region pairs, then ``describe_cluster`` per cluster).
+    calls (listings of account/region pairs and ``describe_cluster`` per cluster, the latter
+    started as soon as their own listing is in).
     """
 
     def __init__(
@@ -358,22 +377,46 @@ class EksDiscovery:
         )
 
     def discover(self, *, name: str = "eks") -> SourceResult:
-        """Every cluster of every account and region; raises on the first failure."""
-        targets = [
-            _Target(account, region, self.sessions.client("eks", account=account, region=region))
-            for account in self.config.accounts
-            for region in self.config.regions
-        ]
-        listed = bounded_map(self._list, targets, max_workers=self.max_workers, name="eks-list")
-        work = [
-            (target, cluster)
-            for target, names in zip(targets, listed, strict=True)
-            for cluster in names
-        ]
-        described = bounded_map(
-            self._describe_one, work, max_workers=self.max_workers, name="eks-describe"
+        """Every cluster of every account and region; raises on the first failure.
+
+        Every account's role is assumed (or the ambient account checked) at once. Then, at most
+        ``max_workers`` calls at a time, each account/region is listed and its clusters are
+        described as soon as its own listing is in, without waiting for the other listings.
+        A failed listing is what is raised (the first in account/region order) even if a
+        describe_cluster failed too, and once one has failed no describe_cluster call starts.
+        """
+        bounded_map(
+            self.sessions.session_for,
+            self.config.accounts,
+            max_workers=self.max_workers,
+            name="eks-session",
         )
-        clusters = tuple(c for c in described if c is not None)
+        pairs = [(a, r) for a in self.config.accounts for r in self.config.regions]
+        failed = threading.Event()
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.max_workers), thread_name_prefix="eks"
+        ) as pool:
+
+            def list_target(pair: tuple[EksAccount, str]) -> list[Future[Cluster | None]]:
+                account, region = pair
+                try:
+                    client = self.sessions.client("eks", account=account, region=region)
+                    target = _Target(account, region, client)
+                    names = self._list(target)
+                except BaseException:
+                    failed.set()
+                    raise
+                return [pool.submit(self._describe_unless, failed, target, n) for n in names]
+
+            listings = [pool.submit(list_target, pair) for pair in pairs]
+            wait(listings)
+            describes = [
+                f for listing in listings if not listing.exception() for f in listing.result()
+            ]
+            wait(describes)
+        for listing in listings:
+            listing.result()  # the first failed listing, in account/region order
+        clusters = tuple(c for c in (f.result() for f in describes) if c is not None)
         return SourceResult(
             name=name, provider=Provider.EKS, accounts=self.config.account_ids, clusters=clusters
         )
@@ -394,6 +437,11 @@ class EksDiscovery:
             return [name for page in pages() for name in page.get("clusters", [])]
 
         return _call(context, collect)
+
+    def _describe_unless(
+        self, failed: threading.Event, target: _Target, name: str
+    ) -> Cluster | None:
+        return None if failed.is_set() else self._describe_one((target, name))
 
     def _describe_one(self, item: tuple[_Target, str]) -> Cluster | None:
         target, name = item
