@@ -76,10 +76,16 @@ def _load_yaml(path: Path, *, what: str) -> tuple[Any, yaml.Node | None]:
 
 
 def _check_duplicate_keys(path: Path, node: yaml.Node) -> None:
-    """YAML allows a key twice (the last wins silently); refuse it, naming the line."""
+    """YAML allows a key twice (the last wins silently); refuse it, naming the line.
+
+    A node reached again through an alias is checked once (an anchor may even contain itself)."""
     stack = [node]
+    visited: set[int] = set()
     while stack:
         current = stack.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
         if isinstance(current, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key, value in current.value:

@@ -243,6 +243,20 @@ def test_malformed_kubeconfig_names_file_and_line(tmp_path: Path) -> None:
         read_kubeconfig(path)
 
 
+def test_a_self_referencing_anchor_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "kubeconfig",
+        """
+        apiVersion: v1
+        clusters: &a
+          - name: x
+            cluster: *a
+        """,
+    )
+    with pytest.raises(ConfigError, match=rf"{path}:3: clusters\[0\] needs 'name' and 'cluster'"):
+        read_kubeconfig(path)
+
+
 def test_tokens_follow_an_edited_kubeconfig(kubeconfig: Path, tmp_path: Path) -> None:
     """The parsed kubeconfig is reused across tokens, but an edit is seen at once."""
     config = yaml.safe_load(kubeconfig.read_text())
