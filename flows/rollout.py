@@ -123,8 +123,8 @@ class _ProgressReporter:
     """The progress artifact, sent by a thread of its own.
 
     The flow's thread only sets the number; the reporter sends the latest one at most once per
-    :data:`PROGRESS_INTERVAL` (an API call per update, on the flow's thread, held up starting
-    and collecting clusters). :meth:`close` sends the last value before it returns. A failed
+    :data:`PROGRESS_INTERVAL` (made by the flow's thread, each update held up starting and
+    collecting clusters). :meth:`close` sends the last value before it returns. A failed
     update is logged and never fails the rollout.
     """
 

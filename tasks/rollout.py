@@ -88,8 +88,8 @@ def ensure_cluster_limits(cluster_ids: Sequence[str]) -> None:
     """Create the one-slot limits that do not exist yet (a missing limit limits nothing in
     Prefect, so it must exist before it is used). The existing ones are listed a page at a time
     (one call per 200 limits, not one per cluster); the missing ones are created by up to eight
-    threads sharing one API client. Names seen once are remembered for the process. The flow
-    calls this once for its whole plan, before the first wave."""
+    threads sharing one API client. Names seen once are remembered for the process, so a
+    cluster's limit costs a request once in the life of a process."""
     names = [cluster_limit_name(c) for c in cluster_ids]
     api = str(PREFECT_API_URL.value())
     with _known_lock:
@@ -123,7 +123,8 @@ class ClusterLock:
     lease ends. Creating the lock starts taking it (``after`` another lock: once that one is
     taken, so a chain of locks is taken in order and a holder never waits for an earlier lock
     while holding a later one); :meth:`wait` blocks until it is held (or raises why not);
-    :meth:`release` gives it back (a lock released before it was taken is never taken). If the
+    :meth:`release` gives it back (a lock released before it was taken does not ask for its
+    slots if it has not asked yet, and gives them back at once if its request was granted). If the
     lease cannot be renewed before it ends, :attr:`lost` says so, and the flow starts no more
     cluster under it.
 
