@@ -20,12 +20,15 @@ help:
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet uv
 
-# Tools from the OS package manager: kubectl (the tests drive it against the sandbox) and diff
-# (kubectl diff shells out to it). Debian's kubernetes-client provides kubectl when it is missing.
+# Tools from the OS package manager: kubectl (the tests drive it against the sandbox), diff
+# (kubectl diff shells out to it) and PostgreSQL's server binaries (the inventory tests start a
+# throwaway server). Debian's kubernetes-client provides kubectl when it is missing.
 system-deps:
 	@missing=""; \
 	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	command -v diff >/dev/null 2>&1 || missing="$$missing diffutils"; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from apt:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

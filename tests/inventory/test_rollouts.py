@@ -1,13 +1,12 @@
-"""The rollout history on real SQLite files: idempotent writes, blocklist, last known good, resume."""
+"""The rollout history on SQLite and PostgreSQL: idempotent writes, blocklist, last known good, resume."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect, text
 
 from fleetops.domain.gates import ApprovalDecision, ApprovalState, Decision, record_approval
 from fleetops.errors import ConfigError, InventoryError
@@ -43,21 +42,26 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "inventory.db"
+def db(url: str) -> str:
+    """The database of the test (``url`` from conftest: SQLite, then PostgreSQL)."""
+    return url
 
 
 @pytest.fixture
-def history(db: Path, clock: Clock) -> Iterator[RolloutHistory]:
-    inventory = Inventory(f"sqlite:///{db}")
+def history(db: str, clock: Clock) -> Iterator[RolloutHistory]:
+    inventory = Inventory(db)
     inventory.migrate()
     yield RolloutHistory(inventory, clock=clock)
     inventory.close()
 
 
-def count(db: Path, table: str) -> int:
-    with sqlite3.connect(db) as connection:
-        return int(connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+def count(db: str, table: str) -> int:
+    engine = create_engine(db)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def start(history: RolloutHistory, rollout_id: str = "r-1") -> None:
@@ -66,12 +70,15 @@ def start(history: RolloutHistory, rollout_id: str = "r-1") -> None:
     )
 
 
-def test_migration_creates_the_history_tables(db: Path, history: RolloutHistory) -> None:
-    with sqlite3.connect(db) as connection:
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0002",)
-        ]
+def test_migration_creates_the_history_tables(db: str, history: RolloutHistory) -> None:
+    engine = create_engine(db)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(v) for v in versions] == [("0002",)]
     assert {
         "clusters", "rollouts", "rollout_clusters", "rollout_waves", "rollout_approvals",
         "app_blocklist", "last_known_good",
@@ -79,7 +86,7 @@ def test_migration_creates_the_history_tables(db: Path, history: RolloutHistory)
 
 
 def test_rollout_record_is_idempotent_and_keeps_its_start(
-    history: RolloutHistory, db: Path, clock: Clock
+    history: RolloutHistory, db: str, clock: Clock
 ) -> None:
     start(history)
     clock.tick()
@@ -107,7 +114,7 @@ def test_rollout_record_is_idempotent_and_keeps_its_start(
         history.set_rollout_state("nope", RolloutStatus.FAILED)
 
 
-def test_the_first_rollback_point_wins(history: RolloutHistory, db: Path, clock: Clock) -> None:
+def test_the_first_rollback_point_wins(history: RolloutHistory, db: str, clock: Clock) -> None:
     start(history)
     first = history.record_cluster_result(
         "r-1", "eks/1/eu/a", wave="canary", outcome=ClusterOutcome.APPLYING, rollback_point=POINT
@@ -169,7 +176,7 @@ def test_rollout_state_is_what_a_resume_needs(history: RolloutHistory, clock: Cl
     assert [r.cluster_id for r in state.touched] == ["b", "a", "c"]  # newest apply first
 
 
-def test_blocklist(history: RolloutHistory, db: Path, clock: Clock) -> None:
+def test_blocklist(history: RolloutHistory, db: str, clock: Clock) -> None:
     start(history)
     blocked = history.block_version("hello", "2.0.0", reason="canary failed", rollout_id="r-1")
     assert blocked.active
@@ -196,7 +203,7 @@ def test_blocklist(history: RolloutHistory, db: Path, clock: Clock) -> None:
         history.clear_block("hello", "2.0.0", cleared_by=" ")
 
 
-def test_last_known_good(history: RolloutHistory, db: Path, clock: Clock) -> None:
+def test_last_known_good(history: RolloutHistory, db: str, clock: Clock) -> None:
     history.set_last_known_good("hello", ["a", "b"], version="1.0.0", rollout_id="r-0")
     clock.tick()
     history.set_last_known_good("hello", ["b", "a", "a"], version="1.0.0", rollout_id="r-0")

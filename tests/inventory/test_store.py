@@ -1,17 +1,15 @@
 """The inventory store: migrations, idempotent upserts, selectors, retirement, two writers at once.
 
-Every store test runs on a real SQLite file. Set ``FLEETOPS_TEST_POSTGRES_URL`` (for example
-``postgresql+psycopg://fleetops@127.0.0.1:5432/postgres``, with the psycopg driver installed) to
-run them on PostgreSQL as well, each test in a schema of its own.
+Every store test runs on a real SQLite file and on PostgreSQL (a throwaway server, or the one
+``FLEETOPS_TEST_POSTGRES_URL`` names), each PostgreSQL test in a schema of its own
+(``tests/inventory/conftest.py``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,26 +63,6 @@ def record(name: str, *, provider: str = "eks", **fields: object) -> InventoryRe
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/state/inventory.db"
-        return
-    base = os.environ.get("FLEETOPS_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("set FLEETOPS_TEST_POSTGRES_URL to run the store tests on PostgreSQL")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    options = {"options": f"-csearch_path={schema}"}
-    yield make_url(base).update_query_dict(options).render_as_string(hide_password=False)
-    with admin.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 @pytest.fixture
