@@ -168,6 +168,10 @@ class ClusterLock:
         if self._taken.is_set():
             self._thread.join(30)
 
+    def done(self) -> bool:
+        """Whether the lock's thread has ended: released (slots given back), or not taken."""
+        return not self._thread.is_alive()
+
     def _hold(self) -> None:
         if self._after is not None:  # locks of a chain are taken in order, one at a time
             self._after._taken.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -27,10 +28,10 @@ def _active(cluster_id: str) -> int:
     return limit.active_slots
 
 
-def _until(condition: object, timeout: float = 20.0) -> None:
+def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached")
@@ -73,13 +74,16 @@ def test_a_lock_released_before_it_was_taken_leaves_no_slot(clusters: list[str])
     time.sleep(0.5)
     waiting.release()  # gives up while its request still waits for the slot
     holder.release()
-    _until(lambda: _active(a) == 0)
-    time.sleep(1.5)  # the waiting request was granted meanwhile and must have given it back
+    # the waiting request is granted once the holder is gone (after the server's Retry-After,
+    # up to 30 s), and must give the slot back at once
+    _until(waiting.done, timeout=45)
     assert _active(a) == 0
     again = ClusterLock([a], options=OPTIONS)
     again.wait()
     assert _active(a) == 1
     again.release()
+    assert again.done()
+    assert _active(a) == 0
 
 
 def test_a_lock_that_cannot_be_taken_in_time_says_why(clusters: list[str]) -> None:
