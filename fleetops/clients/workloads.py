@@ -437,7 +437,8 @@ class Workloads:
         return known if known is not None else self._resources(api_version).get(kind)
 
     def _targets(self, objects: Iterable[Mapping[str, Any]]) -> list[_Target]:
-        """The objects resolved against discovery, in apply order; Secrets refused."""
+        """The objects located (built-in kinds from BUILT_IN, others by discovery), in apply
+        order; Secrets refused."""
         targets: list[_Target] = []
         for obj in objects:
             api_version = str(obj.get("apiVersion", ""))
