@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _sandbox import process_cpu, start_sandbox  # noqa: E402 (bench/ is the script's directory)
 
 
 def _patch(url: str, body: dict[str, object]) -> None:
@@ -45,31 +46,6 @@ def _patch(url: str, body: dict[str, object]) -> None:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         response.read()
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid``; 0.0 without ``/proc``."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _start_sandbox(clusters: int, directory: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "sandbox", "up", "--clusters", str(clusters),
-            "--dir", str(directory), "--no-vault", "--no-slack", "--rollout-seconds", "0",
-        ],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("sandbox ready"):
-            return process
-    raise SystemExit(f"sandbox exited with {process.wait()} before it was ready")
 
 
 def main() -> int:
@@ -86,7 +62,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         directory = Path(tmp) / "sandbox"
         began = time.perf_counter()
-        sandbox = _start_sandbox(args.clusters, directory)
+        sandbox = start_sandbox(
+            args.clusters, directory, "--no-vault", "--no-slack", "--rollout-seconds", "0"
+        )
         print(f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s")
         try:
             from sandbox.fleet import read_env_file
@@ -113,13 +91,13 @@ def main() -> int:
                 best = float("inf")
                 for _ in range(args.repeat):
                     started, cpu = time.perf_counter(), time.process_time()
-                    served = _process_cpu(sandbox.pid)
+                    served = process_cpu(sandbox.pid)
                     result = discover_source(plan, settings)
                     if time.perf_counter() - started < best:
                         best = time.perf_counter() - started
                         cpu_used[plan.name] = (
                             time.process_time() - cpu,
-                            _process_cpu(sandbox.pid) - served,
+                            process_cpu(sandbox.pid) - served,
                         )
                 alone[plan.name] = best
                 counts[plan.name] = len(result.clusters)
@@ -128,14 +106,14 @@ def main() -> int:
             together_cpu = (0.0, 0.0)
             for _ in range(args.repeat):
                 started, cpu = time.perf_counter(), time.process_time()
-                served = _process_cpu(sandbox.pid)
+                served = process_cpu(sandbox.pid)
                 with ThreadPoolExecutor(max_workers=len(plans)) as pool:
                     results = list(pool.map(lambda p: discover_source(p, settings), plans))
                 if time.perf_counter() - started < together:
                     together = time.perf_counter() - started
                     together_cpu = (
                         time.process_time() - cpu,
-                        _process_cpu(sandbox.pid) - served,
+                        process_cpu(sandbox.pid) - served,
                     )
             assert sum(len(r.clusters) for r in results) == sum(counts.values())
 

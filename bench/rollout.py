@@ -33,7 +33,6 @@ import argparse
 import math
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,30 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _start_sandbox(clusters: int, directory: Path, ready: float) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "sandbox", "up", "--clusters", str(clusters),
-            "--dir", str(directory), "--no-services", "--rollout-seconds", str(ready),
-        ],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("sandbox ready"):
-            return process
-    raise SystemExit(f"sandbox exited with {process.wait()} before it was ready")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its waited-for children, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+from _sandbox import process_cpu, start_sandbox  # noqa: E402 (bench/ is the script's directory)
 
 
 def _children() -> list[int]:
@@ -258,7 +234,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         directory = Path(tmp) / "sandbox"
         began = time.perf_counter()
-        sandbox = _start_sandbox(args.clusters, directory, args.ready)
+        sandbox = start_sandbox(
+            args.clusters, directory, "--no-services", "--rollout-seconds", str(args.ready)
+        )
         print(f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s")
         try:
             from sandbox.fleet import read_env_file
@@ -307,7 +285,7 @@ def main() -> int:
                     ("next rollout", "bench-2", "3.0"),
                 )
                 for title, rollout_id, version in runs:
-                    others = {pid: _cpu_seconds(pid) for pid in _children()}
+                    others = {pid: process_cpu(pid) for pid in _children()}
                     started, cpu = time.perf_counter(), time.process_time()
                     state = flow(
                         parameters=parameters.model_copy(
@@ -316,7 +294,7 @@ def main() -> int:
                         return_state=True,
                     )
                     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-                    others = {pid: _cpu_seconds(pid) - spent for pid, spent in others.items()}
+                    others = {pid: process_cpu(pid) - spent for pid, spent in others.items()}
                     sandbox_cpu = others.pop(sandbox.pid, 0.0)
                     assert state.is_completed(), state.message
                     ratio = wall / critical
