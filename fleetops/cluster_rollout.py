@@ -112,9 +112,7 @@ class ClusterSteps:
     def workloads(self, cluster: InventoryRecord) -> Iterator[Workloads]:
         """A :class:`Workloads` on ``cluster`` with a fresh short-lived token, closed after."""
         token = self.credentials.token_for(cluster)
-        with KubeClient.for_cluster(
-            cluster, token.token, timeout_seconds=self.timeout_seconds
-        ) as kube:
+        with KubeClient.for_cluster(cluster, token, timeout_seconds=self.timeout_seconds) as kube:
             yield Workloads(kube)
 
     # --- roll out ------------------------------------------------------------------------------

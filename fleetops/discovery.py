@@ -202,17 +202,20 @@ def probe_cluster(
 
     A transient failure (connection refused, timeout, 429, 5xx) is raised so the caller may
     retry it; any other failure (refused token, no credentials, bad TLS) is the failed result.
-    The token lives only inside this call.
+    The token lives only inside this call; a CA that came with it (AKS) is in the result, for
+    the inventory to record, whether the server answered or not.
     """
     from fleetops.clients.kube import failed_probe, probe
 
+    ca_data: str | None = None
     try:
         token = credentials.token_for(cluster)
-        return probe(cluster, token.token, timeout_seconds=timeout_seconds, clock=clock)
+        ca_data = token.ca_data
+        return probe(cluster, token, timeout_seconds=timeout_seconds, clock=clock)
     except TransientError:
         raise
     except FleetopsError as exc:
-        return failed_probe(exc, at=clock())
+        return failed_probe(exc, at=clock()).model_copy(update={"ca_data": ca_data})
 
 
 def unreachable_probe(error: BaseException, *, at: datetime) -> ProbeResult:

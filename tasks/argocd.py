@@ -34,7 +34,7 @@ def register_argocd_task(
     names = register_clusters(
         clusters,
         management=management,
-        token=token.token,
+        token=token,
         namespace=settings.argocd.namespace,
         role_arns=role_arns,
         command=settings.argocd.fleetops_command,

@@ -20,6 +20,9 @@ class ClusterToken(BaseModel):
 
     Never stored, logged or returned from a task: it lives as long as the connection that
     needs it. ``expires_at`` is None when the source gives no expiry (a static kubeconfig token).
+    ``ca_data`` is set by a provider that hands out the API server's CA only with the credential
+    (AKS's user kubeconfig): it is the CA to trust for this connection, fresher than the one the
+    inventory recorded (not a secret).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -27,6 +30,9 @@ class ClusterToken(BaseModel):
     token: SecretStr = Field(description="The bearer token.")
     expires_at: datetime | None = Field(
         default=None, description="When to get a new one (UTC), if known."
+    )
+    ca_data: str | None = Field(
+        default=None, description="PEM CA of the API server, when the credential comes with one."
     )
 
     def expired(self, now: datetime | None = None) -> bool:

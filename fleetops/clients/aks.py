@@ -6,13 +6,19 @@ sandbox). Every page of ``managedClusters`` is listed per subscription (azure-co
 ``nextLink``); throttling (429 with ``Retry-After``) and 5xx answers are retried by azure-core's
 own ``RetryPolicy`` (``retry_total`` from settings).
 
-An AKS ``ManagedCluster`` does not carry the API server's CA: it is in the kubeconfig that
-``listClusterUserCredential`` returns. Discovery therefore asks for that kubeconfig per cluster
-(a bounded number at a time) and keeps only the server URL and the CA; the user credential in
-it is read again, in memory, whenever a token is needed (:class:`AksTokens`) and never stored.
-A kubeconfig whose user is a bearer token (local accounts) gives that token; one whose user is
-the ``kubelogin`` exec plugin (Entra ID clusters) means "an Entra token for the AKS server
-application", which the same ARM credential provides.
+Discovery lists ``managedClusters`` and nothing else: the API server address is the cluster's
+``fqdn`` (its ``privateFqdn`` when it has no public one) on port 443, as in the kubeconfig AKS
+hands out. An AKS ``ManagedCluster`` does not carry the API server's CA: only the kubeconfig
+that ``listClusterUserCredential`` returns does, together with the user credential. That call
+is an ARM POST per cluster (counted against the subscription's write limits) handing out a
+credential, so discovery does not make it: the CA comes with every token instead
+(:class:`AksTokens`, :attr:`ClusterToken.ca_data`), the probe of a new or changed cluster
+records it in the inventory, and every connection trusts the CA its own fresh kubeconfig
+names (a rotated CA is picked up at the next connection). The kubeconfig is read in memory
+whenever a token is needed and never stored. A kubeconfig whose user is a bearer token (local
+accounts) gives that token; one whose user is the ``kubelogin`` exec plugin (Entra ID
+clusters) means "an Entra token for the AKS server application", which the same ARM
+credential provides.
 
 The resource group, needed to ask for credentials, is in the ARM id; it is kept as the label
 ``fleetops.io/resource-group`` so a token needs no listing when the name is label-safe (a
@@ -192,13 +198,6 @@ def parse_user_kubeconfig(text: bytes | str, *, context: str) -> UserKubeconfig:
 # --- discovery -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Found:
-    subscription: str
-    resource_group: str
-    managed: Any
-
-
 class AksClients:
     """One ``ContainerServiceClient`` per subscription, made on first use (thread-safe)."""
 
@@ -305,52 +304,40 @@ class AksDiscovery:
         )
 
     def discover(self, *, name: str = "aks") -> SourceResult:
-        """Every cluster of every subscription; raises on the first failure."""
+        """Every cluster of every subscription (no CA: see the module docstring); raises on the
+        first failure."""
         listed = bounded_map(
             self._list, self.config.subscriptions, max_workers=self.max_workers, name="aks-list"
         )
-        found = [item for items in listed for item in items]
-        clusters = bounded_map(self._cluster, found, max_workers=self.max_workers, name="aks-cred")
         return SourceResult(
             name=name,
             provider=Provider.AKS,
             accounts=self.config.subscriptions,
-            clusters=tuple(c for c in clusters if c is not None),
+            clusters=tuple(cluster for clusters in listed for cluster in clusters),
         )
 
-    def _list(self, subscription: str) -> list[_Found]:
+    def _list(self, subscription: str) -> list[Cluster]:
         return [
-            _Found(subscription, resource_group_of(str(m.id)), m)
-            for m in self.clients.list_managed(subscription)
+            cluster_from_aks(
+                managed,
+                subscription=subscription,
+                resource_group=resource_group_of(str(managed.id)),
+            )
+            for managed in self.clients.list_managed(subscription)
         ]
 
-    def _cluster(self, found: _Found) -> Cluster | None:
-        managed = found.managed
-        try:
-            kubeconfig = self.clients.user_kubeconfig(
-                found.subscription, found.resource_group, managed.name
-            )
-        except NotFound:
-            log.info("AKS cluster %s disappeared while being listed", managed.name)
-            return None
-        return cluster_from_aks(
-            managed,
-            subscription=found.subscription,
-            resource_group=found.resource_group,
-            server=kubeconfig.server,
-            ca_pem=kubeconfig.ca_pem,
-        )
+
+def api_server_url(fqdn: str) -> str:
+    """The API server URL of an AKS cluster's FQDN: ``https://FQDN:443``, as AKS's kubeconfig
+    writes it (a FQDN with a port, as the sandbox gives, keeps it)."""
+    host, _, port = fqdn.rpartition(":")
+    if host and port.isdigit():
+        return f"https://{fqdn}"
+    return f"https://{fqdn}:443"
 
 
-def cluster_from_aks(
-    managed: Any,
-    *,
-    subscription: str,
-    resource_group: str,
-    server: str | None,
-    ca_pem: str | None,
-) -> Cluster:
-    """A :class:`Cluster` from an ARM ``ManagedCluster`` and its user kubeconfig's server/CA."""
+def cluster_from_aks(managed: Any, *, subscription: str, resource_group: str) -> Cluster:
+    """A :class:`Cluster` (without CA) from an ARM ``ManagedCluster``."""
     props = managed.properties
     version = None
     fqdn = None
@@ -362,10 +349,10 @@ def cluster_from_aks(
         status = _text(props.provisioning_state)
         if power and power != "Running":
             status = f"{status}/{power}" if status else power
-    endpoint = server or (f"https://{fqdn}" if fqdn else None)
-    if endpoint is None:
+    if not fqdn:
         raise PermanentError(
-            f"cluster {managed.name}: AKS gives no API server address", system=SYSTEM
+            f"cluster {managed.name}: AKS gives no API server address (no fqdn or privateFqdn)",
+            system=SYSTEM,
         )
     location = _location(managed)
     group_label = normalise_labels({"rg": resource_group}).get("rg", "")
@@ -385,8 +372,7 @@ def cluster_from_aks(
         account=subscription,
         location=location,
         name=str(managed.name),
-        endpoint=endpoint,
-        ca_data=ca_pem,
+        endpoint=api_server_url(str(fqdn)),
         kubernetes_version=version,
         provider_status=status,
         labels=labels,
@@ -401,9 +387,10 @@ class AksTokens:
         self.clients = clients
 
     def token_for(self, cluster: Cluster) -> ClusterToken:
+        """A token for ``cluster``, with the CA its user kubeconfig names."""
         kubeconfig = self.user_kubeconfig(cluster)
         if kubeconfig.token is not None:
-            return ClusterToken(token=kubeconfig.token)
+            return ClusterToken(token=kubeconfig.token, ca_data=kubeconfig.ca_pem)
         scope = f"{kubeconfig.entra_server_id or AKS_SERVER_APP_ID}/.default"
         access = _call(
             f"cluster {cluster.id}: Entra token", lambda: self.clients.credential.get_token(scope)
@@ -411,6 +398,7 @@ class AksTokens:
         return ClusterToken(
             token=SecretStr(access.token),
             expires_at=datetime.fromtimestamp(access.expires_on, tz=UTC),
+            ca_data=kubeconfig.ca_pem,
         )
 
     def user_kubeconfig(self, cluster: Cluster) -> UserKubeconfig:

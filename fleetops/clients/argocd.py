@@ -27,9 +27,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
-from pydantic import SecretStr
 
-from fleetops.clients.credentials import EXEC_API_VERSION
+from fleetops.clients.credentials import EXEC_API_VERSION, ClusterToken
 from fleetops.clients.kube import KubeClient
 from fleetops.domain.cluster import Cluster, Provider
 
@@ -106,7 +105,7 @@ def register_clusters(
     clusters: Iterable[Cluster],
     *,
     management: Cluster,
-    token: SecretStr,
+    token: ClusterToken,
     namespace: str = "argocd",
     role_arns: Mapping[str, str] | None = None,
     command: str = "fleetops",

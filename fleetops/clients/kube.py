@@ -27,7 +27,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException, OpenApiException
 from pydantic import SecretStr
 
-from fleetops.clients._common import clean
+from fleetops.clients._common import ClusterToken, clean
 from fleetops.domain.cluster import Cluster, ProbeResult
 from fleetops.errors import (
     ClientError,
@@ -116,13 +116,15 @@ class KubeClient:
 
     @classmethod
     def for_cluster(
-        cls, cluster: Cluster, token: SecretStr, *, timeout_seconds: float = 10.0
+        cls, cluster: Cluster, token: ClusterToken, *, timeout_seconds: float = 10.0
     ) -> KubeClient:
+        """A client for ``cluster``'s API server with ``token``, trusting the CA the token came
+        with (AKS) or else the one the inventory recorded."""
         return cls(
             system=f"kube:{cluster.id}",
             endpoint=cluster.endpoint,
-            ca_pem=cluster.ca_data,
-            token=token,
+            ca_pem=token.ca_data or cluster.ca_data,
+            token=token.token,
             timeout_seconds=timeout_seconds,
         )
 
@@ -191,7 +193,7 @@ class KubeClient:
 
 def probe(
     cluster: Cluster,
-    token: SecretStr,
+    token: ClusterToken,
     *,
     timeout_seconds: float = 10.0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -200,7 +202,7 @@ def probe(
 
     Raises the :class:`~fleetops.errors.ClientError` of a server that cannot be reached or
     refuses the token; returns ``ok=False`` with the version when the server answers but is
-    not ready.
+    not ready. The result carries the CA the token came with, if any (AKS).
     """
     at = clock()
     with KubeClient.for_cluster(cluster, token, timeout_seconds=timeout_seconds) as kube:
@@ -214,6 +216,7 @@ def probe(
         version=version,
         latency_ms=round(latency_ms, 3),
         error=None if ready else detail,
+        ca_data=token.ca_data,
     )
 
 

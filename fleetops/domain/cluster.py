@@ -47,6 +47,15 @@ class AuthMethod(StrEnum):
     AKS_USER_CREDENTIAL = "aks-user-credential"  # listClusterUserCredential / Entra token
     STATIC_KUBECONFIG = "static-kubeconfig"  # the context's own user entry in a kubeconfig file
 
+    @property
+    def brings_ca(self) -> bool:
+        """Whether the API server's CA comes with the credential rather than with the listing.
+
+        An AKS ``ManagedCluster`` has no CA; the user kubeconfig does. Discovery of such clusters
+        reports no CA, and the probe (which fetches the credential anyway) records it.
+        """
+        return self is AuthMethod.AKS_USER_CREDENTIAL
+
 
 # One path segment of a cluster id: no slashes, no whitespace, printable.
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
@@ -62,6 +71,12 @@ class ProbeResult(BaseModel):
     version: str | None = Field(default=None, description="gitVersion reported by /version.")
     latency_ms: float | None = Field(default=None, ge=0, description="Round trip of /version.")
     error: str | None = Field(default=None, description="Why the probe failed (redacted).")
+    ca_data: str | None = Field(
+        default=None,
+        exclude=True,
+        description="The API server's CA as the probe's credential gave it (AKS), for the "
+        "inventory to record on the cluster; not kept with the probe result.",
+    )
 
 
 class Cluster(BaseModel):

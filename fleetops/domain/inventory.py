@@ -25,6 +25,12 @@ Rules (issue 4):
   those labels, in file order, then every id override, in file order; a later one wins a key.
   Removing an override from the file removes its labels on the next run. Records not reported
   this run keep their labels until they are.
+- A cluster whose credential brings its CA (:attr:`AuthMethod.brings_ca`: AKS, where only the
+  user kubeconfig holds it) is reported without one. Its record keeps the CA the last probe
+  recorded as long as the endpoint stays the same; a new endpoint is a new API server, so the
+  old CA is dropped and the probe of this run (the record changed) records the new one. A
+  probe that brings a CA records it (:func:`apply_probe`), and a record of such a cluster
+  without a CA is due for a probe (:func:`probe_due`).
 """
 
 from __future__ import annotations
@@ -304,6 +310,9 @@ def reconcile(
         used_overrides |= used
         discovered = {name: getattr(cluster, name) for name in DISCOVERED_FIELDS}
         discovered["labels"] = labels
+        if cluster.auth.brings_ca and cluster.ca_data is None:
+            kept = before is not None and before.endpoint == cluster.endpoint
+            discovered["ca_data"] = before.ca_data if kept and before is not None else None
         if before is None:
             after[cluster_id] = InventoryRecord.of(cluster).model_copy(
                 update={
@@ -371,14 +380,21 @@ def apply_probe(record: InventoryRecord, probe: ProbeResult) -> InventoryRecord:
     """``record`` after a probe: ``registered`` if it answered, ``unreachable`` if not.
 
     The probe is recorded in any case, except on a retired record (left exactly as it is). A
-    missing record stays missing: its provider no longer lists it, whatever it answers.
+    missing record stays missing: its provider no longer lists it, whatever it answers. A CA
+    the probe's credential brought (AKS) becomes the record's CA.
     """
     if record.state is ClusterState.RETIRED:
         return record
     state = record.state
     if state is not ClusterState.MISSING:
         state = ClusterState.REGISTERED if probe.ok else ClusterState.UNREACHABLE
-    return record.model_copy(update={"state": state, "last_probe": probe})
+    update: dict[str, object] = {
+        "state": state,
+        "last_probe": probe.model_copy(update={"ca_data": None}),
+    }
+    if probe.ca_data is not None:
+        update["ca_data"] = probe.ca_data
+    return record.model_copy(update=update)
 
 
 def apply_probes(
@@ -386,19 +402,24 @@ def apply_probes(
 ) -> Reconciliation:
     """The reconciliation with probe results applied, and ``unreachable``/``recovered`` filled.
 
-    ``probes`` maps cluster ids to results; ids not in the inventory are ignored.
+    ``probes`` maps cluster ids to results; ids not in the inventory are ignored. A probe that
+    brings a CA other than the one recorded (a rotated AKS CA) adds ``ca_data`` to the
+    cluster's entry in ``changed``.
     """
     before = {record.id: record for record in reconciliation.records}
     original = {record.id: record for record in reconciliation.writes}
     after = dict(before)
     unreachable: list[str] = []
     recovered: list[str] = []
+    changes = {change.id: change for change in reconciliation.diff.changed}
     for cluster_id, probe in probes.items():
         record = before.get(cluster_id)
         if record is None:
             continue
         probed = apply_probe(record, probe)
         after[cluster_id] = probed
+        if record.ca_data is not None and probed.ca_data != record.ca_data:
+            changes[cluster_id] = _with_ca_change(changes.get(cluster_id), record, probed)
         if probed.state is ClusterState.UNREACHABLE and record.state is not probed.state:
             unreachable.append(cluster_id)
         if probed.state is ClusterState.REGISTERED and record.state is ClusterState.UNREACHABLE:
@@ -409,15 +430,30 @@ def apply_probes(
         update={
             "unreachable": tuple(sorted({*reconciliation.diff.unreachable, *unreachable})),
             "recovered": tuple(sorted({*reconciliation.diff.recovered, *recovered})),
+            "changed": tuple(changes[key] for key in sorted(changes)),
         }
     )
     return Reconciliation(records=records, writes=writes, diff=diff)
 
 
+def _with_ca_change(
+    change: ClusterChange | None, record: InventoryRecord, probed: InventoryRecord
+) -> ClusterChange:
+    """The diff entry of a cluster whose CA a probe changed (merged with its discovery change)."""
+    if change is None:
+        return ClusterChange(id=record.id, fields=("ca_data",), before=record, after=probed)
+    fields = {*change.fields, "ca_data"}
+    ordered = [name for name in DISCOVERED_FIELDS if name in fields]
+    if "state" in fields:
+        ordered.append("state")
+    return change.model_copy(update={"fields": tuple(ordered), "after": probed})
+
+
 def probe_due(
     reconciliation: Reconciliation, *, now: datetime, max_age: timedelta
 ) -> tuple[str, ...]:
-    """Ids to probe: added or changed this run, or not probed within ``max_age``.
+    """Ids to probe: added or changed this run, not probed within ``max_age``, or without the
+    CA that only a probe records (:attr:`AuthMethod.brings_ca`).
 
     Missing and retired records are not probed: the provider no longer lists them, or an
     operator took them out of service.
@@ -429,6 +465,7 @@ def probe_due(
         if record.state in (ClusterState.MISSING, ClusterState.RETIRED):
             continue
         stale = record.last_probe is None or now - record.last_probe.at >= max_age
-        if record.id in fresh or stale:
+        no_ca = record.auth.brings_ca and record.ca_data is None
+        if record.id in fresh or stale or no_ca:
             due.append(record.id)
     return tuple(due)

@@ -20,9 +20,10 @@ lower case, as AKS writes them). ``listClusterUserCredential`` returns the kubec
 local-accounts cluster hands out (no Entra ID / kubelogin exec entry): server, CA and a bearer
 token that the sandbox cluster accepts (given per cluster by ``user_token``).
 
-``properties.fqdn`` is the one deliberate difference: AKS returns a host name (port 443 implied);
-every sandbox cluster shares 127.0.0.1, so the sandbox returns ``127.0.0.1:PORT``. The
-kubeconfig's ``server`` is the full URL; use that.
+``properties.fqdn`` is the one deliberate difference: AKS returns a host name (the API server
+listens on 443, and its kubeconfig says ``https://FQDN:443``); every sandbox cluster shares
+127.0.0.1, so the sandbox returns ``127.0.0.1:PORT``, and the kubeconfig's ``server`` is
+``https://127.0.0.1:PORT``. A client that adds ``:443`` to a bare host name only reaches both.
 
 Errors are ARM's ``{"error": {"code", "message"}}``: 401 ``AuthenticationFailed`` (no token) or
 ``InvalidAuthenticationToken`` (wrong token), 403 ``AuthorizationFailed`` for a subscription the

@@ -14,6 +14,7 @@ from fleetops.clients.aks import (
     AksDiscovery,
     AksTokens,
     StaticTokenCredential,
+    api_server_url,
     parse_user_kubeconfig,
 )
 from fleetops.clients.kube import probe
@@ -101,8 +102,8 @@ def test_discovers_every_page_of_every_subscription(aks: AksSandbox) -> None:
     records = aks.requests.records()
     pages = [r for r in records if r.method == "GET" and r.path.endswith("/managedClusters")]
     assert len(pages) == 3 + 1  # five clusters two per page, and one
-    credentials = [r for r in records if r.method == "POST"]
-    assert len(credentials) == 6  # the CA comes from each cluster's user kubeconfig
+    # no listClusterUserCredential: discovery hands out no credential (the CA comes with tokens)
+    assert [r for r in records if r.method == "POST"] == []
 
 
 def test_cluster_fields_and_labels(aks: AksSandbox) -> None:
@@ -110,7 +111,7 @@ def test_cluster_fields_and_labels(aks: AksSandbox) -> None:
 
     prod = clusters["aks-prod-1"]
     assert prod.endpoint == "https://127.0.0.1:8001"
-    assert prod.ca_data == CA_PEM
+    assert prod.ca_data is None  # not in a ManagedCluster: the probe records it from the token
     assert (prod.kubernetes_version, prod.provider_status) == ("1.29.7", "Succeeded")
     assert prod.auth is AuthMethod.AKS_USER_CREDENTIAL
     assert prod.labels == {
@@ -139,6 +140,7 @@ def test_user_credential_token_and_resource_group_lookup(aks: AksSandbox) -> Non
     token = tokens.token_for(clusters["aks-prod-1"])
     assert token.token.get_secret_value() == "user-token-aks-prod-1"
     assert token.expires_at is None
+    assert token.ca_data == CA_PEM  # the CA the user kubeconfig names
     assert [r.method for r in aks.requests.records()] == ["POST"]  # group from the label
 
     aks.requests.clear()
@@ -246,10 +248,19 @@ def test_discovered_cluster_accepts_its_user_credential(aks: AksSandbox, fleet: 
         clients = _clients(aks)
         found = AksDiscovery(AksSourceConfig(subscriptions=(SUB_B,)), clients=clients).discover()
         [cluster] = [c for c in found.clusters if c.name == name]
-        result = probe(cluster, AksTokens(clients).token_for(cluster).token)
+        result = probe(cluster, AksTokens(clients).token_for(cluster))
     finally:
         aks.remove_cluster(published.id)
         del USER_TOKENS[published.id]
     assert cluster.endpoint == fleet.server(name)
-    assert result.ok, result.error
+    assert cluster.ca_data is None
+    assert result.ok, result.error  # TLS verified with the CA that came with the token
     assert result.version == published.kubernetes_version
+    assert result.ca_data == fleet.ca_pem(name).decode()
+
+
+def test_api_server_url_is_the_fqdn_on_port_443() -> None:
+    fqdn = "aks-prod-dns-1a2b3c4d.hcp.eastus.azmk8s.io"
+    assert api_server_url(fqdn) == f"https://{fqdn}:443"  # as AKS's own kubeconfig writes it
+    assert api_server_url("aks-1.privatelink.eastus.azmk8s.io").endswith(".azmk8s.io:443")
+    assert api_server_url("127.0.0.1:8001") == "https://127.0.0.1:8001"  # the sandbox's

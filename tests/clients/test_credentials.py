@@ -85,7 +85,7 @@ def test_from_settings_builds_each_source_when_first_needed(fleet: Fleet, kubeco
     credentials = ClusterCredentials.from_settings(settings)
     cluster = StaticClusters(kubeconfig=kubeconfig).discover().clusters[1]
 
-    assert probe(cluster, credentials.token_for(cluster).token).ok
+    assert probe(cluster, credentials.token_for(cluster)).ok
     gke = credentials.token_for(_gke_cluster())
     assert gke.token.get_secret_value() == "ya29.from-settings"
 

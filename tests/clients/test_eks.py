@@ -288,14 +288,14 @@ def test_discovered_cluster_accepts_its_eks_token(aws: AwsSandbox, eks_fleet: Fl
     [cluster] = [c for c in discovery.discover().clusters if c.name == name]
     tokens = EksTokens(discovery.sessions, discovery.config.accounts)
 
-    result = probe(cluster, tokens.token_for(cluster).token)
+    result = probe(cluster, tokens.token_for(cluster))
 
     assert result.ok, result.error
     assert result.version == eks_fleet.cluster(name).spec.kubernetes_version
     # a token signed for another cluster name is refused by the cluster
     other = cluster.model_copy(update={"name": "web-00"})
     with pytest.raises(AuthError) as caught:
-        probe(cluster, tokens.token_for(other).token)
+        probe(cluster, tokens.token_for(other))
     assert caught.value.status == 401
 
 

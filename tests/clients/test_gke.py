@@ -185,7 +185,7 @@ def test_discovered_cluster_accepts_the_google_token(loop: LoopHost, fleet: Flee
             api_endpoint=sandbox.url,
         )
         [cluster] = discovery.discover().clusters
-        result = probe(cluster, tokens.token_for(cluster).token)
+        result = probe(cluster, tokens.token_for(cluster))
     finally:
         loop.call(sandbox.stop())
     assert result.ok, result.error

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
+from fleetops.clients.credentials import ClusterToken
 from fleetops.clients.kube import KubeClient, failed_probe, probe
 from fleetops.domain.cluster import AuthMethod, Cluster, Provider
 from fleetops.errors import AuthError, RateLimited, TransientError, Unreachable
@@ -29,8 +30,8 @@ def _cluster(fleet: Fleet, name: str, *, ca: str | None = "own") -> Cluster:
     )
 
 
-def _token(fleet: Fleet, name: str) -> SecretStr:
-    return SecretStr(fleet.token(name))
+def _token(fleet: Fleet, name: str, *, ca_data: str | None = None) -> ClusterToken:
+    return ClusterToken(token=SecretStr(fleet.token(name)), ca_data=ca_data)
 
 
 def test_probe_reads_version_and_readyz(fleet: Fleet) -> None:
@@ -60,7 +61,7 @@ def test_wrong_token_is_an_auth_error_without_the_token(fleet: Fleet) -> None:
     name = fleet.names[0]
     wrong = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJub2JvZHkifQ.c2lnbmF0dXJl"
     with pytest.raises(AuthError) as caught:
-        probe(_cluster(fleet, name), SecretStr(wrong))
+        probe(_cluster(fleet, name), ClusterToken(token=SecretStr(wrong)))
     assert caught.value.status == 401
     assert wrong not in str(caught.value)
 
@@ -73,6 +74,20 @@ def test_tls_is_always_verified(fleet: Fleet) -> None:
     # no CA on record: the system trust store, which does not know the sandbox CA
     with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
         probe(_cluster(fleet, name, ca=None), _token(fleet, name))
+    # a credential that brings a CA (AKS) is verified against that CA, not the record's
+    with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
+        probe(_cluster(fleet, name), _token(fleet, name, ca_data=other_ca))
+
+
+def test_the_ca_a_credential_brings_is_trusted_and_reported(fleet: Fleet) -> None:
+    name = fleet.names[0]
+    own = fleet.ca_pem(name).decode()
+    for recorded in (None, fleet.ca_pem(fleet.names[1]).decode()):  # none yet, or rotated
+        result = probe(_cluster(fleet, name, ca=recorded), _token(fleet, name, ca_data=own))
+        assert result.ok, result.error
+        assert result.ca_data == own
+        assert "ca_data" not in result.model_dump()  # never kept with the probe result
+    assert probe(_cluster(fleet, name), _token(fleet, name)).ca_data is None
 
 
 def test_server_errors_are_transient_and_throttling_rate_limited(fleet_faults: Fleet) -> None:

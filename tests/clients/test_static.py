@@ -40,7 +40,7 @@ def test_every_kubeconfig_context_is_a_cluster(fleet: Fleet, kubeconfig: Path) -
     assert first.auth is AuthMethod.STATIC_KUBECONFIG
     assert first.labels == {"fleetops.io/provider": "static", "fleetops.io/account": "kubeconfig"}
     for cluster in result.clusters:
-        outcome = probe(cluster, static.token_for(cluster).token)
+        outcome = probe(cluster, static.token_for(cluster))
         assert outcome.ok, outcome.error
         assert outcome.version == fleet.cluster(cluster.name).spec.kubernetes_version
 
@@ -94,7 +94,7 @@ def test_fleet_file_static_clusters_and_overrides(
     }
     assert f"static/fleet/dc2/{fleet.names[2]}" in by_id
     assert len(result.clusters) == len(fleet.names) + 2
-    outcome = probe(lab, static.token_for(lab).token)
+    outcome = probe(lab, static.token_for(lab))
     assert outcome.ok, outcome.error
 
 
@@ -216,7 +216,7 @@ def test_users_without_a_bearer_token(kubeconfig: Path, tmp_path: Path) -> None:
         static.token_for(clusters[0])
     token = static.token_for(clusters[1])
     assert token.token.get_secret_value() == second_token(kubeconfig)
-    assert probe(clusters[1], token.token).ok
+    assert probe(clusters[1], token).ok
 
 
 def second_token(kubeconfig: Path) -> str:

@@ -457,3 +457,47 @@ def test_probe_is_due_for_new_changed_and_stale_clusters() -> None:
     gone = run(gone, eks(upgraded), gke(G), when=at(7))
     assert gone.diff.missing == (B.id,)
     assert B.id not in probe_due(gone, now=at(8), max_age=timedelta(minutes=1))
+
+
+def test_a_ca_that_comes_with_the_credential_is_recorded_by_the_probe() -> None:
+    """AKS: discovery reports no CA; the probe records the one its credential brought, the
+    record keeps it while the endpoint stays, a rotated one is a change, a new endpoint drops it."""
+    sub = "00000000-0000-0000-0000-000000000001"
+
+    def aks(*clusters: Cluster) -> SourceResult:
+        return SourceResult(name="aks", provider="aks", accounts=(sub,), clusters=clusters)
+
+    listed = cluster("k", provider="aks", account=sub)
+    assert listed.ca_data is None
+    hour = timedelta(hours=1)
+    first = run((), aks(listed), when=at(0))
+    assert probe_due(first, now=at(0), max_age=hour) == (listed.id,)
+    first = apply_probes(first, {listed.id: ok(at(0)).model_copy(update={"ca_data": "CA-1"})})
+    record = by_id(first)[listed.id]
+    assert (record.ca_data, record.state) == ("CA-1", ClusterState.REGISTERED)
+    assert record.last_probe == ok(at(0))  # the CA is the record's, not the probe result's
+
+    second = run(first, aks(listed), when=at(1))
+    assert by_id(second)[listed.id].ca_data == "CA-1"  # kept: the listing has none
+    assert second.diff.unchanged == (listed.id,)
+    assert probe_due(second, now=at(1), max_age=hour) == ()
+
+    rotated = apply_probes(second, {listed.id: ok(at(1)).model_copy(update={"ca_data": "CA-2"})})
+    assert by_id(rotated)[listed.id].ca_data == "CA-2"
+    assert [(c.id, c.fields) for c in rotated.diff.changed] == [(listed.id, ("ca_data",))]
+    assert rotated.diff.has_changes
+
+    moved = listed.model_copy(update={"endpoint": "https://k2.example:443"})
+    third = run(rotated, aks(moved), when=at(2))
+    assert by_id(third)[listed.id].ca_data is None  # a new API server: the old CA is dropped
+    assert [(c.id, c.fields) for c in third.diff.changed] == [(listed.id, ("endpoint", "ca_data"))]
+    assert probe_due(third, now=at(2), max_age=hour) == (listed.id,)
+    # a probe whose credential failed brings no CA: the record stays without, due again
+    failed = apply_probes(third, {listed.id: down(at(2))})
+    assert by_id(failed)[listed.id].ca_data is None
+    assert probe_due(run(failed, aks(moved), when=at(3)), now=at(3), max_age=hour) == (listed.id,)
+    # a source that lists CAs (EKS, GKE, static) is taken at its word, a missing CA included
+    eks_first = run((), eks(A.model_copy(update={"ca_data": "E1"})), when=at(0))
+    eks_second = run(eks_first, eks(A), when=at(1))
+    assert by_id(eks_second)[A.id].ca_data is None
+    assert [(c.id, c.fields) for c in eks_second.diff.changed] == [(A.id, ("ca_data",))]
