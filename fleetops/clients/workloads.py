@@ -14,11 +14,15 @@
   ``dry_run=True`` it sends ``dryRun=All``: the server validates, defaults and merges without
   storing, and each object is reported created, changed (with the changed paths) or unchanged by
   comparing the server's answer with the live object, server-owned fields ignored.
-- :meth:`Workloads.wait_ready` reads the objects back from the cluster on every round (live state,
-  never a cached status) and judges them with :func:`fleetops.domain.gates.workload_ready`
-  against the generations the apply produced. A Deployment reporting ``ProgressDeadlineExceeded``
-  fails at once with the controller's message; otherwise the wait ends at ``deadline_seconds``.
-  Between rounds it watches the first unfinished workload (woken by its next change) or sleeps.
+- :meth:`Workloads.wait_ready` judges live state, never a cached status, with
+  :func:`fleetops.domain.gates.workload_ready` against the generations the apply produced, the
+  way ``kubectl rollout status`` follows a rollout: it reads every workload (GET), then keeps one
+  watch open on the first one still progressing and judges the objects its events carry (each is
+  the live object at its resourceVersion) instead of reading it again after every change. When
+  that workload is ready it reads the others still pending again and watches the next one. A
+  watch lasts at most ``_WATCH_CAP_SECONDS`` (5 s) before every pending workload is read again;
+  ``watch=False`` polls instead. A Deployment reporting ``ProgressDeadlineExceeded`` fails at
+  once with the controller's message; otherwise the wait ends at ``deadline_seconds``.
 - :meth:`Workloads.restore` puts a rollback point back: objects that did not exist are deleted,
   the others are applied again in their recorded state (server-side apply with force, so fields
   the rollout added are dropped), then verified: equal to the record, workloads ready, deleted
@@ -35,7 +39,7 @@ Errors: connection failures, timeouts, 429 and 5xx raise :class:`~fleetops.error
 subclasses (the task retries them); other 4xx raise the matching
 :class:`~fleetops.errors.PermanentError` (a 422 is :class:`~fleetops.errors.Rejected` carrying the
 server's ``Status`` message). Messages are redacted. Nothing here retries by itself, except that
-:meth:`wait_ready` keeps polling through transient read errors until its deadline.
+:meth:`wait_ready` keeps reading through transient errors until its deadline.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -59,7 +63,7 @@ from fleetops.domain.gates import (
     is_workload,
     workload_ready,
 )
-from fleetops.errors import ConfigError, NotFound, Rejected, TransientError
+from fleetops.errors import ConfigError, NotFound, PermanentError, Rejected, TransientError
 
 FIELD_MANAGER = "fleetops"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -135,6 +139,8 @@ _ORDER = {
 }
 _MAX_CHANGED_PATHS = 20
 _WATCH_CAP_SECONDS = 5.0
+#: a watch that ends sooner without a verdict is followed by a pause (no busy loop)
+_MIN_WATCH_SECONDS = 0.2
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -338,6 +344,53 @@ class _Target:
         self.collection = collection
         self.path = f"{collection}/{ref.name}"
         self.body = body
+
+
+def _absent(ref: ObjectRef) -> Readiness:
+    """The verdict on a workload that does not exist (yet, or any more): not ready."""
+    return Readiness(
+        kind=ref.kind,
+        namespace=ref.namespace,
+        name=ref.name,
+        status=ReadinessStatus.PROGRESSING,
+        message=f"Waiting for {ref}: it does not exist",
+    )
+
+
+def _combine(
+    workloads: Sequence[_Target], verdicts: Mapping[ObjectKey, Readiness]
+) -> ClusterReadiness:
+    """The cluster's readiness from the latest verdict on each workload, in apply order."""
+    return cluster_readiness(verdicts[t.ref.key] for t in workloads if t.ref.key in verdicts)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-blank newline-terminated lines of a byte stream whose chunks may split or join
+    lines. An unterminated tail (a stream cut in the middle of an event) is dropped."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+
+
+def _watch_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(type, object)`` of each event of a watch stream (newline-delimited JSON).
+
+    Stops at the first line that is not a watch event: the caller then reads the object again.
+    """
+    for line in _lines(chunks):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        kind = event.get("type") if isinstance(event, dict) else None
+        obj = event.get("object") if isinstance(event, dict) else None
+        if not isinstance(kind, str) or not isinstance(obj, dict):
+            return
+        yield kind, obj
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -573,36 +626,41 @@ class Workloads:
         applied_generations: Mapping[ObjectKey, int] | None = None,
     ) -> ClusterReadiness:
         """One look at the live objects: readiness now, without waiting."""
-        targets = self._targets(objects)
-        return self._readiness(targets, applied_generations or {})[0]
+        workloads = [t for t in self._targets(objects) if is_workload(t.body)]
+        verdicts: dict[ObjectKey, Readiness] = {}
+        self._read_pending(workloads, verdicts, applied_generations or {})
+        return _combine(workloads, verdicts)
 
-    def _readiness(
-        self, targets: Sequence[_Target], generations: Mapping[ObjectKey, int]
-    ) -> tuple[ClusterReadiness, list[tuple[_Target, dict[str, Any]]]]:
-        """Readiness from fresh GETs, and the pending workloads with their live object."""
-        verdicts: list[Readiness] = []
-        pending: list[tuple[_Target, dict[str, Any]]] = []
-        for target in targets:
-            if not is_workload(target.body):
+    def _judge_live(
+        self, target: _Target, generation: int | None
+    ) -> tuple[Readiness, dict[str, Any] | None]:
+        """A workload's verdict from a fresh GET, and the live object (None when it is absent)."""
+        live = self._get(target)
+        if live is None:
+            return _absent(target.ref), None
+        return workload_ready(live, target_generation=generation), live
+
+    def _read_pending(
+        self,
+        workloads: Sequence[_Target],
+        verdicts: dict[ObjectKey, Readiness],
+        generations: Mapping[ObjectKey, int],
+    ) -> list[tuple[_Target, dict[str, Any]]]:
+        """GET every workload not judged done yet and record its verdict in ``verdicts``.
+
+        Returns the workloads still progressing that exist, with their live object (what a
+        watch starts from). Workloads already ready (or untracked) are not read again.
+        """
+        watchable: list[tuple[_Target, dict[str, Any]]] = []
+        for target in workloads:
+            known = verdicts.get(target.ref.key)
+            if known is not None and known.status is not ReadinessStatus.PROGRESSING:
                 continue
-            live = self._get(target)
-            if live is None:
-                ref = target.ref
-                verdicts.append(
-                    Readiness(
-                        kind=ref.kind,
-                        namespace=ref.namespace,
-                        name=ref.name,
-                        status=ReadinessStatus.PROGRESSING,
-                        message=f"Waiting for {ref}: it does not exist",
-                    )
-                )
-                continue
-            verdict = workload_ready(live, target_generation=generations.get(target.ref.key))
-            verdicts.append(verdict)
-            if verdict.status is ReadinessStatus.PROGRESSING:
-                pending.append((target, live))
-        return cluster_readiness(verdicts), pending
+            verdict, live = self._judge_live(target, generations.get(target.ref.key))
+            verdicts[target.ref.key] = verdict
+            if verdict.status is ReadinessStatus.PROGRESSING and live is not None:
+                watchable.append((target, live))
+        return watchable
 
     def wait_ready(
         self,
@@ -617,24 +675,43 @@ class Workloads:
 
         Returns READY, or FAILED: at once when a workload reports ``ProgressDeadlineExceeded``
         (the controller's message), else when ``deadline_seconds`` pass (with what was still
-        pending). Each round reads every workload fresh from the server. Transient read errors
-        are retried on the next round; if the deadline passes with the last read failing, that
-        error is raised (the task decides on retries).
+        pending). Each round reads every workload not yet ready fresh from the server (the
+        first round reads them all); when the last one is ready, those judged ready in earlier
+        rounds are read once more, so READY means every workload is ready at the same time,
+        from live state. Transient read errors are retried on the next round; if the deadline
+        passes with the last read failing, that error is raised (the task decides on retries).
 
-        Between rounds, ``watch=True`` watches the first pending workload and wakes at its next
-        change (at most ``poll_seconds`` later, so the others are re-read too); ``watch=False``
-        sleeps ``poll_seconds``.
+        Between rounds, ``watch=True`` keeps one watch stream open on the first pending
+        workload, from the resourceVersion of its read, and judges each object the stream
+        carries (the live object at that version) without reading it again. The next round
+        starts when that workload is ready (or has failed: then the wait ends), when it is
+        deleted, when the server ends the stream (at most ``_WATCH_CAP_SECONDS``, so the other
+        pending workloads are re-read at least that often) or sends an ``ERROR`` (such as
+        410 Gone), or when the watch fails. A watch the server refuses for good (say, no
+        permission to watch) turns the rest of the wait into polling. ``watch=False`` (and a
+        round with no pending workload to watch, or a failed read) sleeps ``poll_seconds``.
         """
-        targets = self._targets(objects)
+        workloads = [t for t in self._targets(objects) if is_workload(t.body)]
         deadline = self._clock() + deadline_seconds
+        verdicts: dict[ObjectKey, Readiness] = {}
+        watched: ObjectKey | None = None  # judged by the watch just before this round: live
         while True:
             error: TransientError | None = None
-            pending: list[tuple[_Target, dict[str, Any]]] = []
+            watchable: list[tuple[_Target, dict[str, Any]]] = []
+            earlier = any(
+                v.status is ReadinessStatus.READY and key != watched for key, v in verdicts.items()
+            )
+            watched = None
             try:
-                state, pending = self._readiness(targets, applied_generations)
+                watchable = self._read_pending(workloads, verdicts, applied_generations)
             except TransientError as exc:
                 error = exc
             else:
+                state = _combine(workloads, verdicts)
+                if state.status is ReadinessStatus.READY and earlier:
+                    # some were judged ready in an earlier round: READY means all at once, now
+                    verdicts.clear()
+                    continue
                 if state.status is not ReadinessStatus.PROGRESSING:
                     return state
             remaining = deadline - self._clock()
@@ -647,15 +724,54 @@ class Workloads:
                         "message": f"not ready within {deadline_seconds:g}s: {state.message}",
                     }
                 )
-            pause = min(poll_seconds, remaining)
-            if watch and pending and error is None:
-                target, live = pending[0]
-                self._watch_change(target, live, min(_WATCH_CAP_SECONDS, remaining))
-            else:
-                self._sleep(pause)
+            if not (watch and watchable and error is None):
+                self._sleep(min(poll_seconds, remaining))
+                continue
+            target, live = watchable[0]
+            try:
+                verdict = self._await_done(
+                    target,
+                    live,
+                    generation=applied_generations.get(target.ref.key),
+                    seconds=min(_WATCH_CAP_SECONDS, remaining),
+                )
+            except PermanentError:
+                watch = False  # the server will not serve this watch: poll instead
+                continue
+            if verdict is not None:
+                verdicts[target.ref.key] = verdict
+                watched = target.ref.key
+                if verdict.status is ReadinessStatus.FAILED:
+                    return _combine(workloads, verdicts)
 
-    def _watch_change(self, target: _Target, live: Mapping[str, Any], seconds: float) -> None:
-        """Block until ``target`` changes after ``live`` (or ``seconds`` pass, or the watch fails)."""
+    def _await_done(
+        self, target: _Target, live: Mapping[str, Any], *, generation: int | None, seconds: float
+    ) -> Readiness | None:
+        """:meth:`_follow`, with transient errors swallowed (the next round reads again and
+        raises at the deadline if reads fail) and no busy loop when a watch ends at once."""
+        started = self._clock()
+        try:
+            verdict = self._follow(target, live, generation=generation, seconds=seconds)
+        except TransientError:
+            verdict = None
+        if verdict is None:
+            waited = self._clock() - started
+            self._sleep(max(0.0, min(seconds, _MIN_WATCH_SECONDS) - waited))
+        return verdict
+
+    def _follow(
+        self, target: _Target, live: Mapping[str, Any], *, generation: int | None, seconds: float
+    ) -> Readiness | None:
+        """Watch ``target`` from ``live``'s resourceVersion until it is done, for ``seconds``.
+
+        One ``GET ?watch=true`` (``fieldSelector=metadata.name=...``, ``timeoutSeconds``) whose
+        events are newline-delimited JSON ``{"type", "object"}``. ADDED and MODIFIED carry the
+        live object at their resourceVersion: it is judged as it comes, and the verdict is
+        returned once it is no longer progressing (ready, failed or untracked). BOOKMARK events
+        are skipped. None means "read it again": the stream ended (timeout), the object was
+        DELETED, or the server sent an ERROR (e.g. 410 Gone, resourceVersion too old) or
+        something that is not a watch event. Errors are raised as fleetops errors.
+        """
         version = str((live.get("metadata") or {}).get("resourceVersion", ""))
         api = self.kube.api_client
         query = [
@@ -665,7 +781,7 @@ class Workloads:
             ("timeoutSeconds", str(max(1, int(seconds)))),
         ]
 
-        def watch() -> None:
+        def follow() -> Readiness | None:
             request = api.param_serialize(
                 method="GET",
                 resource_path=target.collection,
@@ -673,25 +789,27 @@ class Workloads:
                 header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
             )
+            # the server sends nothing while the object does not change: wait past its timeout
             timeout = (self.kube.timeout_seconds, seconds + self.kube.timeout_seconds)
             response = api.call_api(*request, _request_timeout=timeout)
             raw = response.response
             try:
                 if response.status >= 400:
-                    return
-                for chunk in raw.stream(None, decode_content=True):
-                    if chunk.strip():
-                        return  # any event: read everything again
+                    response.read()  # type: ignore[no-untyped-call]
+                    raise ApiException(http_resp=response)
+                for kind, obj in _watch_events(raw.stream(None, decode_content=True)):
+                    if kind in ("ADDED", "MODIFIED"):
+                        verdict = workload_ready(obj, target_generation=generation)
+                        if verdict.status is not ReadinessStatus.PROGRESSING:
+                            return verdict
+                    elif kind != "BOOKMARK":
+                        return None  # DELETED, ERROR or unknown: read it again
+                return None
             finally:
-                raw.close()
+                raw.close()  # an unfinished stream cannot go back to the pool
                 raw.release_conn()
 
-        started = self._clock()
-        try:
-            self.kube.call(watch)
-        except TransientError:
-            # the next round reads again; do not spin if the watch fails at once
-            self._sleep(max(0.0, min(seconds, 0.2) - (self._clock() - started)))
+        return self.kube.call(follow)
 
     def restore(
         self, point: RollbackPoint, *, deadline_seconds: float = 600.0, poll_seconds: float = 1.0
