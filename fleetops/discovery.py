@@ -18,6 +18,7 @@ that can be called from a test, a benchmark or a shell, with settings passed in.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from fleetops.domain.sources import (
     SourceKind,
 )
 from fleetops.errors import ConfigError, FleetopsError, TransientError
+from fleetops.runtime import settle_heap
 from fleetops.settings import Settings
 
 if TYPE_CHECKING:  # the Kubernetes client is imported when a probe runs, not by the CLI
@@ -48,6 +50,14 @@ _PROVIDER = {
     SourceKind.GKE: Provider.GKE,
     SourceKind.AKS: Provider.AKS,
     SourceKind.STATIC: Provider.STATIC,
+}
+
+#: the client module of each source kind (each imports its provider's SDK)
+_CLIENT_MODULES = {
+    SourceKind.EKS: "fleetops.clients.eks",
+    SourceKind.GKE: "fleetops.clients.gke",
+    SourceKind.AKS: "fleetops.clients.aks",
+    SourceKind.STATIC: "fleetops.clients.static",
 }
 
 
@@ -152,6 +162,17 @@ def load_overrides(settings: Settings) -> tuple[LabelOverride, ...]:
     if path is None or not path.exists():
         return ()
     return load_fleet_file(path).overrides
+
+
+def prepare_process(plans: Sequence[SourcePlan]) -> None:
+    """Import the SDKs the plans use, then settle the process's heap (once per process).
+
+    The flow calls it before listing: the sources then run without the garbage collector walking
+    the SDKs' start-up objects (see :mod:`fleetops.runtime`).
+    """
+    for plan in plans:
+        importlib.import_module(_CLIENT_MODULES[plan.kind])
+    settle_heap()
 
 
 def discover_source(plan: SourcePlan, settings: Settings) -> SourceResult:

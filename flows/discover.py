@@ -17,6 +17,7 @@ from fleetops.discovery import (
     load_overrides,
     load_settings,
     plan_sources,
+    prepare_process,
     unreachable_probe,
 )
 from fleetops.domain.cluster import ClusterState, ProbeResult
@@ -96,6 +97,7 @@ def discover_clusters(
     settings = load_settings()
     plans = plan_sources(settings, parameters.sources)
     overrides = load_overrides(settings)  # a broken fleet file fails here, before any write
+    prepare_process(plans)
     options = settings.discovery
     logger.info(
         "discovering %s%s",
