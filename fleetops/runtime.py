@@ -5,11 +5,11 @@ classes, Prefect): a hundred thousand and more objects that live as long as the 
 CPython's cyclic garbage collector walks all of them on every full collection (50-100 ms each
 here, every thread stopped), and with its default thresholds a run that parses many API answers
 triggers a full collection about once per run and a young one every 700 allocations.
-:func:`settle_heap` takes what is alive at start-up out of the collector's reach
-(:func:`gc.freeze`: reference counting still frees those objects, only cycles among them are
-never collected) and collects the youngest generation every 10,000 allocations instead of 700
-(young cycles wait a little longer; the memory they hold meanwhile is small). Measured in
-docs/performance.md (discovery).
+:func:`settle_heap` (called by the discovery and rollout flows as they start) takes what is
+alive at start-up out of the collector's reach (:func:`gc.freeze`: reference counting still
+frees those objects, only cycles among them are never collected) and collects the youngest
+generation every 10,000 allocations instead of 700 (young cycles wait a little longer; the
+memory they hold meanwhile is small). Measured in docs/performance.md (discovery, rollout).
 
 It acts once per process; later calls do nothing, so a long-lived process (the CLI, a test
 session) never freezes its working objects run after run.

@@ -69,6 +69,7 @@ from fleetops.inventory import Inventory
 from fleetops.inventory.rollouts import ClusterOutcome as HistoryOutcome
 from fleetops.inventory.rollouts import RolloutHistory, RolloutState, RolloutStatus
 from fleetops.render import render_app
+from fleetops.runtime import settle_heap
 from fleetops.settings import RolloutSettings
 from tasks.discovery import read_inventory_task, retry_options
 from tasks.notify import run_url
@@ -932,6 +933,7 @@ def rollout(parameters: RolloutParameters) -> RolloutReport:
             notifier=notifier,
             ui_url=ui_url,
         )
+        settle_heap()
         records = read_inventory_task()
         try:
             plan = run.make_plan(records)
