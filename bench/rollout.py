@@ -21,7 +21,10 @@ second is a rollout of the next version as it runs from then on. For each it rep
   ``resume_flow_run`` (goal: within 2 s).
 
 ``--floor`` also runs the same waves with tasks that only sleep, to show what Prefect's engine
-costs by itself on the machine.
+costs by itself on the machine. ``--sandbox-processes K`` serves the clusters from K sandbox
+processes (cluster names ``sbx0-...``, ``sbx1-...``; one kubeconfig merged from theirs): one
+process serialises the API servers and controllers of a whole wave, where real clusters each
+have their own.
 
     .venv/bin/python bench/rollout.py --clusters 200 --floor
     .venv/bin/python bench/rollout.py --clusters 1000 --sequential-sample 0 --approval --floor
@@ -56,6 +59,26 @@ def _children() -> list[int]:
         if ppid == me:
             found.append(int(stat.parent.name))
     return found
+
+
+def _shares(clusters: int, processes: int) -> list[int]:
+    """``clusters`` split over ``processes`` as evenly as it goes (none empty)."""
+    processes = max(1, min(processes, clusters))
+    base, extra = divmod(clusters, processes)
+    return [base + (1 if index < extra else 0) for index in range(processes)]
+
+
+def _merge_kubeconfigs(paths: list[Path], merged: Path) -> Path:
+    """One kubeconfig with the clusters, users and contexts of every file in ``paths``."""
+    import yaml
+
+    documents = [yaml.safe_load(path.read_text()) for path in paths]
+    combined = dict(documents[0])
+    for key in ("clusters", "users", "contexts"):
+        combined[key] = [entry for document in documents for entry in document.get(key) or []]
+    merged.write_text(yaml.safe_dump(combined))
+    merged.chmod(0o600)
+    return merged
 
 
 def _register(inventory_url: str, kubeconfig: Path) -> list[str]:
@@ -227,6 +250,13 @@ def main() -> int:
     parser.add_argument("--sequential-sample", type=int, default=10)
     parser.add_argument("--approval", action="store_true", help="also time an approval")
     parser.add_argument(
+        "--sandbox-processes",
+        type=int,
+        default=1,
+        help="serve the clusters from this many sandbox processes (in reality every cluster "
+        "has API servers of its own)",
+    )
+    parser.add_argument(
         "--floor", action="store_true", help="also time the same waves of tasks that only sleep"
     )
     args = parser.parse_args()
@@ -234,18 +264,36 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetops-bench-") as tmp:
         directory = Path(tmp) / "sandbox"
         began = time.perf_counter()
-        sandbox = start_sandbox(
-            args.clusters, directory, "--no-services", "--rollout-seconds", str(args.ready)
+        shards = _shares(args.clusters, args.sandbox_processes)
+        sandboxes = [
+            start_sandbox(
+                count,
+                directory / f"{index}",
+                "--no-services",
+                "--rollout-seconds",
+                str(args.ready),
+                "--prefix",
+                f"sbx{index}" if len(shards) > 1 else "sbx",
+            )
+            for index, count in enumerate(shards)
+        ]
+        print(
+            f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s "
+            f"({len(shards)} process{'es' if len(shards) > 1 else ''})"
         )
-        print(f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s")
         try:
             from sandbox.fleet import read_env_file
 
-            os.environ.update(read_env_file(directory / "sandbox.env"))
+            os.environ.update(read_env_file(directory / "0" / "sandbox.env"))
+            kubeconfig = _merge_kubeconfigs(
+                [directory / f"{i}" / "kubeconfig" for i in range(len(shards))],
+                directory / "kubeconfig",
+            )
             url = f"sqlite:///{tmp}/inventory.db"
             os.environ.update(
                 {
                     "FLEETOPS_INVENTORY_URL": url,
+                    "FLEETOPS_KUBECONFIG": str(kubeconfig),
                     "FLEETOPS_ROLLOUT_APPS_DIR": str(ROOT / "apps"),
                     "FLEETOPS_ROLLOUT_MAX_WORKERS": str(args.max_parallel + 8),
                     "FLEETOPS_ROLLOUT_READINESS_POLL_SECONDS": "0.5",
@@ -253,7 +301,7 @@ def main() -> int:
                     "PREFECT_LOGGING_LEVEL": "WARNING",
                 }
             )
-            _register(url, directory / "kubeconfig")
+            _register(url, kubeconfig)
 
             from prefect.testing.utilities import prefect_test_harness
 
@@ -295,7 +343,7 @@ def main() -> int:
                     )
                     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
                     others = {pid: process_cpu(pid) - spent for pid, spent in others.items()}
-                    sandbox_cpu = others.pop(sandbox.pid, 0.0)
+                    sandbox_cpu = sum(others.pop(s.pid, 0.0) for s in sandboxes)
                     assert state.is_completed(), state.message
                     ratio = wall / critical
                     recorded = _recorded_seconds(state)
@@ -327,8 +375,10 @@ def main() -> int:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"  peak RSS of the flow process: {peak:.0f} MB (goal < 400 MB at 1,000)")
         finally:
-            sandbox.terminate()
-            sandbox.wait(60)
+            for sandbox in sandboxes:
+                sandbox.terminate()
+            for sandbox in sandboxes:
+                sandbox.wait(60)
     return 0
 
 

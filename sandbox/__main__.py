@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -53,6 +54,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _prefix(text: str) -> str:
+    """A cluster name prefix: lower-case letters, digits and '-', starting with a letter."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use lower-case letters, digits and '-', starting with a letter "
+            "(at most 40 characters)"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sandbox", description="Local sandbox fleet of Kubernetes API servers."
@@ -73,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the control endpoint on 127.0.0.1 (default: a free one)",
     )  # fmt: skip
     up.add_argument("--seed", type=int, default=None, help="seed for the fault error rate")
+    up.add_argument(
+        "--prefix", type=_prefix, default=None, metavar="NAME",
+        help="with --no-services: cluster names are NAME-01, NAME-02, ... (default sbx), so "
+        "fleets started side by side have different clusters",
+    )  # fmt: skip
     for service, what in (
         ("aws", "AWS (moto: EKS, Route 53)"),
         ("gke", "the GKE API"),
@@ -139,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    without = set(args.without or ())
+    if args.prefix is not None and "all" not in without:
+        parser.error("--prefix: only with --no-services (cloud clusters are named by placement)")
     problem = _check_directory(args.dir)
     if problem is not None:
         parser.error(f"--dir: {problem}")
-    without = set(args.without or ())
     services = () if "all" in without else tuple(s for s in SERVICES if s not in without)
     fleet = Fleet(
         args.clusters,
@@ -150,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         rollout_seconds=args.rollout_seconds,
         control_port=args.control_port,
         seed=args.seed,
+        prefix=args.prefix or "sbx",
         services=services,
     )
     from sandbox.vault import VaultServerError

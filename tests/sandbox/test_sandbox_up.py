@@ -746,3 +746,44 @@ def test_sandbox_up_brings_everything_up_and_sigint_leaves_nothing_behind(
     assert len(ports) == 12 + 8
     still_open = [port for port in ports if not refused(port)]
     assert still_open == []
+
+
+def test_sandbox_up_prefix_names_the_clusters_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "sandbox"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "up", "--clusters", "2", "--dir", str(directory),
+         "--no-services", "--prefix", "east"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        line = read_line(process, timeout=60)
+        assert line.startswith("sandbox ready: 2 clusters (static 2)"), line
+        kubeconfig = yaml.safe_load((directory / "kubeconfig").read_text())
+        assert [c["name"] for c in kubeconfig["contexts"]] == ["east-01", "east-02"]
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+
+    refused_run = subprocess.run(
+        [sys.executable, "-m", "sandbox", "up", "--dir", str(tmp_path / "other"),
+         "--prefix", "East_1"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused_run.returncode == 2
+    assert "argument --prefix: 'East_1': use lower-case letters" in refused_run.stderr
+    assert not (tmp_path / "other").exists()  # refused before anything was made
+    with_services = subprocess.run(
+        [sys.executable, "-m", "sandbox", "up", "--dir", str(tmp_path / "other"),
+         "--prefix", "east"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert with_services.returncode == 2
+    assert "--prefix: only with --no-services" in with_services.stderr
+    assert not (tmp_path / "other").exists()
