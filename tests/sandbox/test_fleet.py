@@ -35,7 +35,7 @@ from sandbox.fleet import (
 )
 from sandbox.kube.faults import FaultsError
 from sandbox.placement import place
-from tests.support.processes import read_line, refused
+from tests.support.processes import read_line, refused, sandbox_up
 
 ClientFactory = Callable[[str], kubernetes.client.ApiClient]
 REPO = Path(__file__).resolve().parents[2]
@@ -435,14 +435,9 @@ def test_switches_set_before_start_take_effect(tmp_path: Path) -> None:
 
 def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
     directory = tmp_path / "fleet"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--clusters", "12", "--dir", str(directory),
-         "--rollout-seconds", "0.2", "--no-services"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    process = sandbox_up(
+        "--clusters", "12", "--dir", str(directory), "--rollout-seconds", "0.2", "--no-services"
+    )
     try:
         line = read_line(process, timeout=60)
         assert line.startswith("sandbox ready: 12 clusters (static 12), services none, kubeconfig ")
@@ -481,14 +476,9 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--clusters", "1", "--dir", str(tmp_path),
-         "--no-aws", "--no-gke", "--no-aks", "--no-slack"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    process = sandbox_up(
+        "--clusters", "1", "--dir", str(tmp_path), "--no-aws", "--no-gke", "--no-aks", "--no-slack"
+    )
     try:
         line = read_line(process, timeout=60)
         assert line.startswith("sandbox ready: 1 clusters (static 1), services vault, ")
@@ -508,14 +498,9 @@ def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
 
 def test_a_killed_sandbox_takes_bao_with_it(tmp_path: Path) -> None:
     """Even SIGKILL (a crashed or killed `sandbox up`) leaves no bao process behind."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--clusters", "1", "--dir", str(tmp_path),
-         "--no-aws", "--no-gke", "--no-aks", "--no-slack"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    process = sandbox_up(
+        "--clusters", "1", "--dir", str(tmp_path), "--no-aws", "--no-gke", "--no-aks", "--no-slack"
+    )
     try:
         assert read_line(process, timeout=60).startswith("sandbox ready: 1 clusters")
         pid = json.loads((tmp_path / "fleet.json").read_text())["services"]["vault"]["pid"]
@@ -543,6 +528,8 @@ def test_a_killed_sandbox_takes_bao_with_it(tmp_path: Path) -> None:
         (["--rollout-seconds", "-1"], "--rollout-seconds: must be >= 0"),
         (["--control-port", "70000"], "--control-port: must be 0..65535"),
         (["--no-route53"], "unrecognized arguments: --no-route53"),
+        (["--prefix", "East_1"], "--prefix: 'East_1': use lower-case letters"),
+        (["--prefix", "east"], "--prefix: only with --no-services"),
     ],
 )
 def test_cli_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

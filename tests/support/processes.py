@@ -5,7 +5,11 @@ from __future__ import annotations
 import selectors
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def refused(port: int) -> bool:
@@ -27,3 +31,14 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
         if process.poll() is not None:
             break
     raise AssertionError(f"no line within {timeout} s (exit code {process.poll()})")
+
+
+def sandbox_up(*args: str) -> subprocess.Popen[str]:
+    """``python -m sandbox up ARGS...`` started from the repository, stdout and stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "up", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
