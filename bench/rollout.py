@@ -20,7 +20,10 @@ second is a rollout of the next version as it runs from then on. For each it rep
 - with ``--approval``: how long a paused run takes to notice an approval sent with
   ``resume_flow_run`` (goal: within 2 s).
 
-``--floor`` also runs the same waves with tasks that only sleep, to show what Prefect's engine
+``--prefect-postgres`` runs the Prefect server (``prefect server start``) on a throwaway
+PostgreSQL database, as production does, instead of ``prefect_test_harness``'s SQLite (whose
+single writer makes lock requests wait behind the recording of task runs); its CPU then
+includes PostgreSQL's. ``--floor`` also runs the same waves with tasks that only sleep, to show what Prefect's engine
 costs by itself on the machine. ``--sandbox-processes K`` serves the clusters from K sandbox
 processes (cluster names ``sbx0-...``, ``sbx1-...``; one kubeconfig merged from theirs): one
 process serialises the API servers and controllers of a whole wave, where real clusters each
@@ -33,19 +36,88 @@ have their own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import resource
+import socket
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _sandbox import process_cpu, start_sandbox  # noqa: E402 (bench/ is the script's directory)
+
+
+def _postgres_pids() -> list[int]:
+    """Processes of the ``postgres`` user (the throwaway PostgreSQL server and its backends)."""
+    import pwd
+
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return []
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*") if _owner(p) == uid]
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _prefect_on_postgres(home: Path) -> Iterator[None]:
+    """A ``prefect server start`` on a throwaway PostgreSQL database (as in production), the
+    client pointed at it for the block."""
+    import subprocess
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.support.postgres import postgres_server
+
+    with postgres_server() as url:
+        if url is None:
+            raise SystemExit("--prefect-postgres needs PostgreSQL (make test installs it)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        env = {
+            **os.environ,
+            "PREFECT_API_DATABASE_CONNECTION_URL": url.replace("+psycopg", "+asyncpg"),
+            "PREFECT_HOME": str(home),
+            "PREFECT_UI_ENABLED": "false",
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            api = f"http://127.0.0.1:{port}/api"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{api}/health", timeout=2) as answer:
+                        answer.read()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit("the Prefect server did not start") from None
+                    time.sleep(0.5)
+            with temporary_settings(updates={PREFECT_API_URL: api}):
+                yield
+        finally:
+            server.terminate()
+            server.wait(60)
 
 
 def _children() -> list[int]:
@@ -250,6 +322,12 @@ def main() -> int:
     parser.add_argument("--sequential-sample", type=int, default=10)
     parser.add_argument("--approval", action="store_true", help="also time an approval")
     parser.add_argument(
+        "--prefect-postgres",
+        action="store_true",
+        help="run the Prefect server on a throwaway PostgreSQL database, as in production, "
+        "instead of prefect_test_harness's SQLite",
+    )
+    parser.add_argument(
         "--sandbox-processes",
         type=int,
         default=1,
@@ -321,7 +399,13 @@ def main() -> int:
             with Inventory(url) as inventory:
                 plan = plan_rollout(parameters, inventory.list())
             critical = sum(math.ceil(w.size / mp) * args.ready for w in plan.waves)
-            with prefect_test_harness(server_startup_timeout=60):
+            server = (
+                _prefect_on_postgres(Path(tmp) / "prefect")
+                if args.prefect_postgres
+                else prefect_test_harness(server_startup_timeout=60)
+            )
+            print(f"Prefect server: {'PostgreSQL' if args.prefect_postgres else 'SQLite'}")
+            with server:
                 flow = rollout.with_options(
                     task_runner=RolloutTaskRunner(max_workers=mp + 8)  # type: ignore[arg-type]
                 )
@@ -333,7 +417,7 @@ def main() -> int:
                     ("next rollout", "bench-2", "3.0"),
                 )
                 for title, rollout_id, version in runs:
-                    others = {pid: process_cpu(pid) for pid in _children()}
+                    others = {pid: process_cpu(pid) for pid in [*_children(), *_postgres_pids()]}
                     started, cpu = time.perf_counter(), time.process_time()
                     state = flow(
                         parameters=parameters.model_copy(
@@ -342,7 +426,10 @@ def main() -> int:
                         return_state=True,
                     )
                     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-                    others = {pid: process_cpu(pid) - spent for pid, spent in others.items()}
+                    others = {
+                        pid: process_cpu(pid) - others.get(pid, 0.0)
+                        for pid in {*others, *_postgres_pids()}
+                    }
                     sandbox_cpu = sum(others.pop(s.pid, 0.0) for s in sandboxes)
                     assert state.is_completed(), state.message
                     ratio = wall / critical
@@ -354,7 +441,8 @@ def main() -> int:
                         f"{recorded / critical:.2f} (the call also waits for the engine's "
                         "teardown)\n"
                         f"    CPU: flow process {cpu:.1f} s, sandbox {sandbox_cpu:.1f} s, Prefect "
-                        f"server {sum(others.values()):.1f} s (2 cores: {2 * wall:.0f} CPU-s in all)"
+                        f"server{' and PostgreSQL' if args.prefect_postgres else ''} "
+                        f"{sum(others.values()):.1f} s (2 cores: {2 * wall:.0f} CPU-s in all)"
                     )
                 if args.sequential_sample:
                     per = _sequential(args.sequential_sample, "4.0")
