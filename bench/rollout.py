@@ -23,8 +23,8 @@ second is a rollout of the next version as it runs from then on. For each it rep
 ``--prefect-postgres`` runs the Prefect server (``prefect server start``) on a throwaway
 PostgreSQL database, as production does, instead of ``prefect_test_harness``'s SQLite (whose
 single writer makes lock requests wait behind the recording of task runs); its CPU then
-includes PostgreSQL's. ``--floor`` also runs the same waves with tasks that only sleep, to show what Prefect's engine
-costs by itself on the machine. ``--sandbox-processes K`` serves the clusters from K sandbox
+includes PostgreSQL's. ``--floor`` also runs the same waves with tasks that only sleep, to show
+what Prefect's engine costs by itself on the machine. ``--sandbox-processes K`` serves the clusters from K sandbox
 processes (cluster names ``sbx0-...``, ``sbx1-...``; one kubeconfig merged from theirs): one
 process serialises the API servers and controllers of a whole wave, where real clusters each
 have their own.
@@ -41,6 +41,7 @@ import math
 import os
 import resource
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -76,7 +77,6 @@ def _owner(path: Path) -> int | None:
 def _prefect_on_postgres(home: Path) -> Iterator[None]:
     """A ``prefect server start`` on a throwaway PostgreSQL database (as in production), the
     client pointed at it for the block."""
-    import subprocess
     import urllib.request
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -343,23 +343,25 @@ def main() -> int:
         directory = Path(tmp) / "sandbox"
         began = time.perf_counter()
         shards = _shares(args.clusters, args.sandbox_processes)
-        sandboxes = [
-            start_sandbox(
-                count,
-                directory / f"{index}",
-                "--no-services",
-                "--rollout-seconds",
-                str(args.ready),
-                "--prefix",
-                f"sbx{index}" if len(shards) > 1 else "sbx",
-            )
-            for index, count in enumerate(shards)
-        ]
-        print(
-            f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s "
-            f"({len(shards)} process{'es' if len(shards) > 1 else ''})"
-        )
+        sandboxes: list[subprocess.Popen[str]] = []
         try:
+            for index, count in enumerate(shards):
+                prefix = f"sbx{index}" if len(shards) > 1 else "sbx"
+                sandboxes.append(
+                    start_sandbox(
+                        count,
+                        directory / f"{index}",
+                        "--no-services",
+                        "--rollout-seconds",
+                        str(args.ready),
+                        "--prefix",
+                        prefix,
+                    )
+                )
+            print(
+                f"sandbox: {args.clusters} clusters up in {time.perf_counter() - began:.1f} s "
+                f"({len(shards)} process{'es' if len(shards) > 1 else ''})"
+            )
             from sandbox.fleet import read_env_file
 
             os.environ.update(read_env_file(directory / "0" / "sandbox.env"))
