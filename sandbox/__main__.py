@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -128,9 +129,31 @@ async def _serve(fleet: Fleet) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     def ready(fleet: Fleet) -> None:
+        settle_heap()
         print(ready_line(fleet), flush=True)
 
     await fleet.run_forever(stop, on_ready=ready)
+
+
+#: allocations of container objects between two young collections once the fleet is up
+YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Take the fleet's start-up objects out of the cyclic garbage collector's walks.
+
+    A fleet's stores, certificates and servers are hundreds of thousands of objects that live as
+    long as the process. Every full collection walked all of them with the event loop stopped:
+    a quarter of the sandbox's CPU during a 200-cluster rollout. :func:`gc.freeze` leaves them
+    to reference counting alone (cycles among them are never collected; they have none to
+    free), and young collections run every 10,000 allocations instead of 700. Only this
+    process's entry point calls it: a fleet started inside another process (a test) leaves that
+    process's collector alone.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
 
 
 def ready_line(fleet: Fleet) -> str:

@@ -475,6 +475,23 @@ def test_cli_up_serves_until_sigint_then_exits_cleanly(tmp_path: Path) -> None:
         assert refused(port)
 
 
+def test_the_sandbox_process_takes_its_fleet_out_of_the_collectors_walks() -> None:
+    # what ``python -m sandbox up`` calls once its fleet is up, in a process of its own (it is
+    # process-wide): what is alive is frozen and young collections are spaced out
+    code = (
+        "import gc, json; from sandbox.__main__ import settle_heap, YOUNG_THRESHOLD; "
+        "before = gc.get_freeze_count(); settle_heap(); "
+        "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold()[0], YOUNG_THRESHOLD]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, after, young, threshold = json.loads(result.stdout)
+    assert before == 0
+    assert after > 10_000  # the sandbox's modules and everything they built
+    assert young == threshold == 10_000
+
+
 def test_cli_up_stops_on_sigterm_and_takes_bao_with_it(tmp_path: Path) -> None:
     process = sandbox_up(
         "--clusters", "1", "--dir", str(tmp_path), "--no-aws", "--no-gke", "--no-aks", "--no-slack"
