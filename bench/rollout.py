@@ -2,7 +2,7 @@
 
 Starts ``python -m sandbox up --clusters N --no-services --rollout-seconds R`` in its own process
 (so the API servers do not share the benchmark's interpreter lock), registers every cluster in a
-fresh inventory, starts a temporary Prefect server (``prefect_test_harness``) and runs the
+fresh inventory, starts a temporary Prefect server (see below) and runs the
 ``rollout`` flow of ``apps/hello`` twice, in this process, with the issue's plan: waves of 1
 cluster, 10 %, 40 % and the rest, max_parallel 50, no bake. The first rollout on the fresh
 Prefect server also creates every cluster's concurrency limit (once in a cluster's life); the
@@ -11,7 +11,8 @@ second is a rollout of the next version as it runs from then on. For each it rep
 - wall time of the flow run / critical path, where the critical path is the sum over waves of
   ``ceil(n / max_parallel) x R`` (goal: at most 1.10 at 200 clusters, 1.25 at 1,000), and the
   run's own start-to-end time as Prefect records it (a sync flow's call returns up to a second
-  later, when the engine has joined its heartbeat thread);
+  later, when the engine has joined its heartbeat thread); with ``--waves``, each wave's span
+  and its cluster tasks' durations as Prefect recorded them;
 - the CPU time of the flow process, the sandbox and the Prefect server during the run;
 - the speed-up of the second rollout over a sequential apply-and-wait loop (the same
   per-cluster code as the task, without Prefect), timed over ``--sequential-sample`` clusters
@@ -20,16 +21,16 @@ second is a rollout of the next version as it runs from then on. For each it rep
 - with ``--approval``: how long a paused run takes to notice an approval sent with
   ``resume_flow_run`` (goal: within 2 s).
 
-``--prefect-postgres`` runs the Prefect server (``prefect server start``) on a throwaway
-PostgreSQL database, as production does, instead of ``prefect_test_harness``'s SQLite (whose
-single writer makes lock requests wait behind the recording of task runs); its CPU then
-includes PostgreSQL's. ``--floor`` also runs the same waves with tasks that only sleep, to show
-what Prefect's engine costs by itself on the machine. ``--sandbox-processes K`` serves the clusters from K sandbox
-processes (cluster names ``sbx0-...``, ``sbx1-...``; one kubeconfig merged from theirs): one
-process serialises the API servers and controllers of a whole wave, where real clusters each
-have their own.
+The Prefect server is ``prefect server start`` on a throwaway PostgreSQL database, as production
+runs it; its CPU includes PostgreSQL's. ``--prefect-server sqlite`` uses ``prefect_test_harness``'s
+SQLite server instead, as the tests do: its single writer makes lock requests wait, by seconds at
+times, behind the recording of task runs. ``--floor`` also runs the same waves with tasks that
+only sleep, to show what Prefect's engine costs by itself on the machine. ``--sandbox-processes
+K`` serves the clusters from K sandbox processes (cluster names ``sbx0-...``, ``sbx1-...``; one
+kubeconfig merged from theirs): one process serialises the API servers and controllers of a
+whole wave, where real clusters each have their own.
 
-    .venv/bin/python bench/rollout.py --clusters 200 --floor
+    .venv/bin/python bench/rollout.py --clusters 200 --floor --waves
     .venv/bin/python bench/rollout.py --clusters 1000 --sequential-sample 0 --approval --floor
 """
 
@@ -48,6 +49,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,7 +87,10 @@ def _prefect_on_postgres(home: Path) -> Iterator[None]:
 
     with postgres_server() as url:
         if url is None:
-            raise SystemExit("--prefect-postgres needs PostgreSQL (make test installs it)")
+            raise SystemExit(
+                "the Prefect server runs on PostgreSQL (make test installs it); "
+                "--prefect-server sqlite uses the test server instead"
+            )
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
@@ -269,10 +274,11 @@ def _approval_latency() -> float:
     return measured[0]
 
 
-def _floor(sizes: list[int], ready: float, max_parallel: int) -> float:
+def _floor(sizes: list[int], ready: float, max_parallel: int) -> tuple[float, float]:
     """Wall time of the same waves run by Prefect alone: one task per cluster that only sleeps
     ``ready`` seconds, at most ``max_parallel`` at once, on the rollout's task runner. What the
-    engine (task runs, their events, the server on the same machine) costs by itself."""
+    engine (task runs, their events, the server on the same machine) costs by itself. Returns the
+    call's wall time and the run's start to end as Prefect records it."""
     import concurrent.futures
 
     from prefect import flow, task
@@ -299,8 +305,8 @@ def _floor(sizes: list[int], ready: float, max_parallel: int) -> float:
                 running -= done
 
     started = time.perf_counter()
-    floor()
-    return time.perf_counter() - started
+    state = floor(return_state=True)
+    return time.perf_counter() - started, _recorded_seconds(state)
 
 
 def _recorded_seconds(state: object) -> float:
@@ -314,6 +320,56 @@ def _recorded_seconds(state: object) -> float:
     return (run.end_time - run.start_time).total_seconds()
 
 
+def _wave_timeline(state: object, plan: Any, names: dict[str, str], ready: float, mp: int) -> str:
+    """Per wave, from Prefect's own task-run records: when its first cluster task started and
+    its last one ended (seconds after the run started), its critical path, and the median and
+    longest cluster task. Shows whether time goes inside the tasks or between the waves."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run_id = state.state_details.flow_run_id  # type: ignore[attr-defined]
+    runs: list[Any] = []
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        while True:
+            page = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                limit=200,
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < 200:
+                break
+    assert run.start_time is not None
+    t0 = run.start_time
+    by_name = {r.name: r for r in runs if r.start_time is not None and r.end_time is not None}
+    lines = []
+    previous_end = 0.0
+    for wave in plan.waves:
+        spans = [
+            (
+                (task.start_time - t0).total_seconds(),
+                (task.end_time - t0).total_seconds(),
+            )
+            for task in (by_name.get(f"rollout-{names[cid]}") for cid in wave.clusters)
+            if task is not None
+        ]
+        if not spans:
+            continue
+        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        lengths = sorted(e - s for s, e in spans)
+        lines.append(
+            f"    wave {wave.name} ({wave.size}): {first:5.2f} -> {last:5.2f} s "
+            f"({last - first:.2f} s, critical {math.ceil(wave.size / mp) * ready:g} s; "
+            f"{first - previous_end:.2f} s after the wave before); task median "
+            f"{lengths[len(lengths) // 2]:.2f} s, longest {lengths[-1]:.2f} s"
+        )
+        previous_end = last
+    assert run.end_time is not None
+    lines.append(f"    run ends {(run.end_time - t0).total_seconds() - previous_end:.2f} s later")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clusters", type=int, default=200)
@@ -322,10 +378,11 @@ def main() -> int:
     parser.add_argument("--sequential-sample", type=int, default=10)
     parser.add_argument("--approval", action="store_true", help="also time an approval")
     parser.add_argument(
-        "--prefect-postgres",
-        action="store_true",
-        help="run the Prefect server on a throwaway PostgreSQL database, as in production, "
-        "instead of prefect_test_harness's SQLite",
+        "--prefect-server",
+        choices=("postgresql", "sqlite"),
+        default="postgresql",
+        help="the Prefect server's database: a throwaway PostgreSQL, as in production (default), "
+        "or prefect_test_harness's SQLite, as in the tests",
     )
     parser.add_argument(
         "--sandbox-processes",
@@ -336,6 +393,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--floor", action="store_true", help="also time the same waves of tasks that only sleep"
+    )
+    parser.add_argument(
+        "--waves",
+        action="store_true",
+        help="also show each wave's span and its cluster tasks' durations, as Prefect recorded them",
     )
     args = parser.parse_args()
 
@@ -399,14 +461,17 @@ def main() -> int:
             ]
             parameters = RolloutParameters(app="hello", version="2.0", waves=waves)
             with Inventory(url) as inventory:
-                plan = plan_rollout(parameters, inventory.list())
+                records = inventory.list()
+            plan = plan_rollout(parameters, records)
+            names = {r.id: r.name for r in records}
             critical = sum(math.ceil(w.size / mp) * args.ready for w in plan.waves)
+            postgres = args.prefect_server == "postgresql"
             server = (
                 _prefect_on_postgres(Path(tmp) / "prefect")
-                if args.prefect_postgres
+                if postgres
                 else prefect_test_harness(server_startup_timeout=60)
             )
-            print(f"Prefect server: {'PostgreSQL' if args.prefect_postgres else 'SQLite'}")
+            print(f"Prefect server: {'PostgreSQL' if postgres else 'SQLite (test harness)'}")
             with server:
                 flow = rollout.with_options(
                     task_runner=RolloutTaskRunner(max_workers=mp + 8)  # type: ignore[arg-type]
@@ -443,9 +508,11 @@ def main() -> int:
                         f"{recorded / critical:.2f} (the call also waits for the engine's "
                         "teardown)\n"
                         f"    CPU: flow process {cpu:.1f} s, sandbox {sandbox_cpu:.1f} s, Prefect "
-                        f"server{' and PostgreSQL' if args.prefect_postgres else ''} "
+                        f"server{' and PostgreSQL' if postgres else ''} "
                         f"{sum(others.values()):.1f} s (2 cores: {2 * wall:.0f} CPU-s in all)"
                     )
+                    if args.waves:
+                        print(_wave_timeline(state, plan, names, args.ready, mp))
                 if args.sequential_sample:
                     per = _sequential(args.sequential_sample, "4.0")
                     estimate = per * args.clusters
@@ -455,10 +522,11 @@ def main() -> int:
                         f"speed-up over the next rollout {estimate / wall:.1f}x (goal >= 20x)"
                     )
                 if args.floor:
-                    floor = _floor([w.size for w in plan.waves], args.ready, mp)
+                    floor, floor_recorded = _floor([w.size for w in plan.waves], args.ready, mp)
                     print(
                         f"  the engine alone (tasks that only sleep {args.ready:g} s, same waves): "
-                        f"{floor:.1f} s, ratio {floor / critical:.2f}"
+                        f"{floor:.1f} s, ratio {floor / critical:.2f}; as Prefect records it "
+                        f"{floor_recorded:.1f} s, ratio {floor_recorded / critical:.2f}"
                     )
                 if args.approval:
                     print(f"  approval noticed after {_approval_latency():.2f} s (goal <= 2 s)")
