@@ -17,7 +17,7 @@ import typer
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from fleetops.cli_rollout import rollout_app
+from fleetops.cli_rollout import blocklist_app, rollout_app
 from fleetops.domain.cluster import ClusterState
 from fleetops.domain.selectors import Selector
 from fleetops.errors import ClusterNotFound, ConfigError, FleetopsError, InventoryError
@@ -316,6 +316,7 @@ def token(
 
 # rollout, approve, rollback (issue 5) live in their own module; added as top-level commands.
 app.add_typer(rollout_app)
+app.add_typer(blocklist_app, name="blocklist")
 
 
 def main() -> None:

@@ -1,18 +1,23 @@
-"""``fleetops rollout``, ``fleetops approve`` and ``fleetops rollback``: the rollout flow from a
-terminal, with the settings in the environment (``FLEETOPS_*``, ``PREFECT_API_URL``).
+"""``fleetops rollout``, ``fleetops approve``, ``fleetops rollback`` and ``fleetops blocklist``:
+the rollout flow from a terminal, with the settings in the environment (``FLEETOPS_*``,
+``PREFECT_API_URL``).
 
 ``rollout`` runs the flow in this process. It waits at approvals exactly like a run started from
 the Prefect UI (the flow run is paused until someone decides) and prints how to approve first.
 ``approve`` finds the paused flow run of a rollout through the rollout history and resumes it
 with the decision (``resume_flow_run`` with ``run_input``), which is what the form in the UI
 does. ``rollback`` rolls an app back to each cluster's last known good version, in waves.
+``blocklist list`` shows the versions a rollback blocked; ``blocklist clear`` is how an operator
+allows one again (who and when are kept with the entry).
 
-Registered in :mod:`fleetops.cli` with ``app.add_typer(rollout_app)``; the commands are
-top-level (``fleetops rollout ...``).
+Registered in :mod:`fleetops.cli` with ``app.add_typer(rollout_app)`` (top-level commands:
+``fleetops rollout ...``) and ``app.add_typer(blocklist_app, name="blocklist")``.
 """
 
 from __future__ import annotations
 
+import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from uuid import UUID
@@ -28,6 +33,9 @@ from fleetops.redaction import redact
 from fleetops.settings import RolloutSettings, Settings
 
 rollout_app = typer.Typer(help="Roll applications out to the fleet.", no_args_is_help=True)
+blocklist_app = typer.Typer(
+    help="Versions a rollback blocked: list them, clear one.", no_args_is_help=True
+)
 
 DEFAULT_PLAN = Path("deployments/rollout-default.yaml")
 
@@ -225,3 +233,103 @@ def approve_command(
     except (ApprovalError, InventoryError) as exc:
         _fail(str(exc), code=1)
     typer.echo(f"{decision.decision.value} sent to rollout {rollout_id} (flow run {flow_run_id})")
+
+
+# --- blocklist ------------------------------------------------------------------------------------
+
+
+class ListOutput(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def _describe_block(entry: Any) -> str:
+    """``2.0  blocked 2026-11-25T16:00:00+00:00 by rollout R: reason`` (and who cleared it)."""
+    text = f"{entry.version}  blocked {entry.blocked_at.isoformat(timespec='seconds')}"
+    if entry.rollout_id:
+        text += f" by rollout {entry.rollout_id}"
+    if entry.reason:
+        text += f": {entry.reason}"
+    if entry.cleared_at is not None:
+        text += (
+            f"  [cleared {entry.cleared_at.isoformat(timespec='seconds')} by {entry.cleared_by}]"
+        )
+    return text
+
+
+def _blocklist(app: str, *, include_cleared: bool) -> list[Any]:
+    from fleetops.inventory import Inventory
+    from fleetops.inventory.rollouts import RolloutHistory
+
+    settings = _settings()
+    try:
+        with Inventory(settings.inventory.url) as inventory:
+            inventory.migrate()
+            return RolloutHistory(inventory).blocked_versions(app, include_cleared=include_cleared)
+    except InventoryError as exc:
+        _fail(str(exc), code=1)
+
+
+@blocklist_app.command("list")
+def blocklist_list(
+    app: Annotated[str, typer.Argument(help="Application.")],
+    include_cleared: Annotated[
+        bool, typer.Option("--all", help="Also versions that were cleared, with who and when.")
+    ] = False,
+    output: Annotated[
+        ListOutput, typer.Option("--output", "-o", help="text or json.")
+    ] = ListOutput.TEXT,
+) -> None:
+    """List the versions of APP a rollback blocked (rollouts of them are refused at planning)."""
+    entries = _blocklist(app, include_cleared=include_cleared)
+    if output is ListOutput.JSON:
+        typer.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return
+    if not entries:
+        typer.echo(f"no version of {app} is blocked")
+        return
+    for entry in entries:
+        typer.echo(redact(_describe_block(entry)))
+
+
+@blocklist_app.command("clear")
+def blocklist_clear(
+    app: Annotated[str, typer.Argument(help="Application.")],
+    version: Annotated[str, typer.Argument(help="The blocked version to allow again.")],
+    operator: Annotated[
+        str, typer.Option("--operator", help="Your name, kept with the entry for the audit trail.")
+    ],
+) -> None:
+    """Allow a blocked VERSION of APP to be rolled out again."""
+    from fleetops.inventory import Inventory
+    from fleetops.inventory.rollouts import RolloutHistory
+
+    if not operator.strip():
+        _fail("--operator: give your name (it is kept with the entry)", code=2)
+    settings = _settings()
+    try:
+        with Inventory(settings.inventory.url) as inventory:
+            inventory.migrate()
+            history = RolloutHistory(inventory)
+            known = {e.version: e for e in history.blocked_versions(app, include_cleared=True)}
+            if version not in known:
+                blocked = sorted(v for v, e in known.items() if e.active)
+                _fail(
+                    f"{app} {version} is not on the blocklist (blocked now: "
+                    f"{', '.join(blocked) or 'none'})",
+                    code=2,
+                )
+            already = not known[version].active
+            entry = (
+                known[version]
+                if already
+                else history.clear_block(app, version, cleared_by=operator)
+            )
+    except InventoryError as exc:
+        _fail(str(exc), code=1)
+    if already:
+        typer.echo(redact(f"{app} {version} was already cleared: {_describe_block(entry)}"))
+        return
+    typer.echo(
+        redact(f"{app} {version} cleared: rollouts may use it again ({_describe_block(entry)})")
+    )

@@ -691,7 +691,11 @@ class _Run:
             self.history.block_version(
                 self.p.app, self.p.version, reason=reason, rollout_id=self.rollout_id
             )
-            self.note(f"version {self.p.version} of {self.p.app} is now blocked", slack=True)
+            self.note(
+                f"version {self.p.version} of {self.p.app} is now blocked (to allow it again: "
+                f"fleetops blocklist clear {self.p.app} {self.p.version} --operator NAME)",
+                slack=True,
+            )
         end = RolloutStatus.FAILED if failed else RolloutStatus.ROLLED_BACK
         if failed:
             self.note(f"rollback failed on {', '.join(failed)}: check them by hand", slack=True)

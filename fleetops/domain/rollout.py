@@ -489,5 +489,6 @@ def check_version_allowed(app: str, version: str, blocklist: Iterable[BlockedVer
             because = f" ({'; '.join(details)})" if details else ""
             raise VersionBlocked(
                 f"version {version!r} of app {app!r} is blocked{because}; an operator must "
-                "clear it from the blocklist before it can be rolled out again"
+                "clear it from the blocklist before it can be rolled out again "
+                f"(fleetops blocklist clear {app} {version} --operator NAME)"
             )

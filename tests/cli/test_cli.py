@@ -139,3 +139,79 @@ def test_inventory_list_retire_and_kubeconfig(tmp_path: Path) -> None:
     missing = _run(tmp_path, "token", "static/lab/dc1/nope")
     assert missing.returncode == 2
     assert "no cluster" in missing.stderr
+
+
+def test_blocklist_lists_and_an_operator_clears_a_blocked_version(tmp_path: Path) -> None:
+    from fleetops.inventory.rollouts import RolloutHistory
+
+    url = f"sqlite:///{tmp_path / 'inventory.db'}"
+    with Inventory(url) as inventory:
+        inventory.migrate()
+        history = RolloutHistory(inventory)
+        history.block_version("hello", "2.0", reason="wave two failed", rollout_id="r-2")
+        history.block_version("hello", "2.1", reason="bake regressed", rollout_id="r-3")
+        history.block_version("other", "9.9", reason="not this app", rollout_id="r-4")
+
+    listed = _run(tmp_path, "blocklist", "list", "hello")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["2.0", "2.1"]
+    assert "by rollout r-2: wave two failed" in lines[0]
+
+    cleared = _run(tmp_path, "blocklist", "clear", "hello", "2.0", "--operator", "oncall")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "hello 2.0 cleared: rollouts may use it again" in cleared.stdout
+    with Inventory(url) as inventory:  # what the inventory holds now
+        entries = RolloutHistory(inventory).blocked_versions("hello", include_cleared=True)
+    by_version = {e.version: e for e in entries}
+    assert by_version["2.0"].cleared_by == "oncall"
+    assert by_version["2.0"].cleared_at is not None
+    assert by_version["2.1"].active
+
+    again = _run(tmp_path, "blocklist", "clear", "hello", "2.0", "--operator", "someone")
+    assert again.returncode == 0, again.stderr
+    assert "already cleared" in again.stdout
+    assert "by oncall" in again.stdout  # the first clearing stands
+
+    assert _run(tmp_path, "blocklist", "list", "hello").stdout.split()[0] == "2.1"
+    everything = json.loads(
+        _run(tmp_path, "blocklist", "list", "hello", "--all", "-o", "json").stdout
+    )
+    assert [(e["version"], e["cleared_by"]) for e in everything] == [
+        ("2.0", "oncall"),
+        ("2.1", None),
+    ]
+    assert (
+        _run(tmp_path, "blocklist", "list", "none").stdout.strip()
+        == "no version of none is blocked"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["clear", "hello", "3.0", "--operator", "oncall"],
+            "hello 3.0 is not on the blocklist (blocked now: 2.0)",
+        ),
+        (["clear", "hello", "2.0", "--operator", " "], "--operator: give your name"),
+        (["clear", "hello", "2.0"], "Missing option '--operator'"),
+        (["list", "hello", "-o", "yaml"], "'yaml' is not one of"),
+    ],
+)
+def test_blocklist_refuses_bad_input_and_changes_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from fleetops.inventory.rollouts import RolloutHistory
+
+    url = f"sqlite:///{tmp_path / 'inventory.db'}"
+    with Inventory(url) as inventory:
+        inventory.migrate()
+        RolloutHistory(inventory).block_version("hello", "2.0", reason="failed", rollout_id="r")
+    result = _run(tmp_path, "blocklist", *args)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    with Inventory(url) as inventory:
+        (entry,) = RolloutHistory(inventory).blocked_versions("hello", include_cleared=True)
+    assert entry.active

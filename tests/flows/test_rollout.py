@@ -110,7 +110,9 @@ API = "tier=api"  # 4 of the 12 clusters: ro-01, ro-04, ro-07, ro-10
 # --- failure budgets and rollback ---------------------------------------------------------
 
 
-def test_broken_cluster_in_wave_two_rolls_back_waves_one_and_two(rollouts: Rollouts) -> None:
+def test_broken_cluster_in_wave_two_rolls_back_waves_one_and_two_and_blocks_until_cleared(
+    rollouts: Rollouts,
+) -> None:
     _baseline(rollouts)
     plan = _plan(rollouts, version="2.0")
     broken = plan["second"][-1]
@@ -141,8 +143,14 @@ def test_broken_cluster_in_wave_two_rolls_back_waves_one_and_two(rollouts: Rollo
     rollouts.fleet.reset_faults()
     again = rollouts.run(version="2.0", rollout_id="broken-2b", waves=waves)
     assert again.is_failed()
-    assert "blocked" in (again.message or "")
+    assert "fleetops blocklist clear hello 2.0 --operator NAME" in (again.message or "")
     assert {rollouts.version(n) for n in _names(rollouts)} == {"1.0"}
+
+    # an operator clears it (what `fleetops blocklist clear` does): the version may go out again
+    rollouts.read(lambda h: h.clear_block("hello", "2.0", cleared_by="oncall"))
+    fixed = rollouts.run(version="2.0", rollout_id="broken-2c", waves=waves)
+    assert fixed.is_completed(), fixed.message
+    assert {rollouts.version(n) for n in _names(rollouts)} == {"2.0"}
 
 
 def test_max_failures_one_tolerates_one_failure(rollouts: Rollouts) -> None:

@@ -530,7 +530,8 @@ def test_blocked_versions_are_refused_with_the_reason() -> None:
     assert str(caught.value) == (
         "version '1.2.3' of app 'hello' is blocked (rolled back by rollout r-42; "
         "at 2025-03-01T12:00:00+00:00; reason: wave 'half' failed: 2 of 5 clusters failed); "
-        "an operator must clear it from the blocklist before it can be rolled out again"
+        "an operator must clear it from the blocklist before it can be rolled out again "
+        "(fleetops blocklist clear hello 1.2.3 --operator NAME)"
     )
     assert isinstance(caught.value, ConfigError)
     with pytest.raises(VersionBlocked, match=r"'1.2.3' of app 'other' is blocked; an operator"):
