@@ -323,46 +323,57 @@ def _recorded_seconds(state: object) -> float:
 def _wave_timeline(state: object, plan: Any, names: dict[str, str], ready: float, mp: int) -> str:
     """Per wave, from Prefect's own task-run records: when its first cluster task started and
     its last one ended (seconds after the run started), its critical path, and the median and
-    longest cluster task. Shows whether time goes inside the tasks or between the waves."""
+    longest cluster task. Shows whether time goes inside the tasks or between the waves. The
+    server records task runs from their events, behind the run at fleet scale: this waits up to
+    a minute for every cluster's record and says how many it has."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     run_id = state.state_details.flow_run_id  # type: ignore[attr-defined]
-    runs: list[Any] = []
+    wanted = {f"rollout-{names[cid]}" for wave in plan.waves for cid in wave.clusters}
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
         while True:
-            page = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                limit=200,
-                offset=len(runs),
-            )
-            runs.extend(page)
-            if len(page) < 200:
+            runs: list[Any] = []
+            while True:
+                page = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                    limit=200,
+                    offset=len(runs),
+                )
+                runs.extend(page)
+                if len(page) < 200:
+                    break
+            by_name = {
+                r.name: r
+                for r in runs
+                if r.name in wanted and r.start_time is not None and r.end_time is not None
+            }
+            if len(by_name) == len(wanted) or time.monotonic() > deadline:
                 break
+            time.sleep(1)
     assert run.start_time is not None
     t0 = run.start_time
-    by_name = {r.name: r for r in runs if r.start_time is not None and r.end_time is not None}
     lines = []
     previous_end = 0.0
     for wave in plan.waves:
         spans = [
-            (
-                (task.start_time - t0).total_seconds(),
-                (task.end_time - t0).total_seconds(),
-            )
+            ((task.start_time - t0).total_seconds(), (task.end_time - t0).total_seconds())
             for task in (by_name.get(f"rollout-{names[cid]}") for cid in wave.clusters)
             if task is not None
         ]
         if not spans:
+            lines.append(f"    wave {wave.name} ({wave.size}): no task run recorded yet")
             continue
         first, last = min(s for s, _ in spans), max(e for _, e in spans)
         lengths = sorted(e - s for s, e in spans)
+        missing = "" if len(spans) == wave.size else f"; only {len(spans)} recorded"
         lines.append(
             f"    wave {wave.name} ({wave.size}): {first:5.2f} -> {last:5.2f} s "
             f"({last - first:.2f} s, critical {math.ceil(wave.size / mp) * ready:g} s; "
             f"{first - previous_end:.2f} s after the wave before); task median "
-            f"{lengths[len(lengths) // 2]:.2f} s, longest {lengths[-1]:.2f} s"
+            f"{lengths[len(lengths) // 2]:.2f} s, longest {lengths[-1]:.2f} s{missing}"
         )
         previous_end = last
     assert run.end_time is not None
