@@ -771,6 +771,38 @@ def _flag(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true")
 
 
+def _check_watch_options(q: Any) -> None:
+    """What the API server's validation of a watch's ListOptions refuses (422 Invalid):
+    ``sendInitialEvents`` needs ``resourceVersionMatch=NotOlderThan``, and that match is only
+    for a watch that asks for initial events, never with ``continue``."""
+    match = q.get("resourceVersionMatch") or ""
+    causes: list[dict[str, str]] = []
+
+    def forbidden(message: str) -> None:
+        causes.append(
+            {"reason": "FieldValueForbidden", "message": f"Forbidden: {message}",
+             "field": "resourceVersionMatch"}
+        )  # fmt: skip
+
+    if "sendInitialEvents" in q and match != "NotOlderThan":
+        forbidden("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+    if match:
+        if "sendInitialEvents" not in q:
+            forbidden(
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+            )
+        if match != "NotOlderThan":
+            causes.append(
+                {"reason": "FieldValueNotSupported",
+                 "message": f'Unsupported value: "{match}": supported values: "NotOlderThan"',
+                 "field": "resourceVersionMatch"}
+            )  # fmt: skip
+        if q.get("continue"):
+            forbidden("resourceVersionMatch is forbidden when continue is provided")
+    if causes:
+        raise errors.invalid("ListOptions", "", causes, group="meta.k8s.io")
+
+
 class ApiServer:
     """Routes, authentication and encoding for one cluster."""
 
@@ -1294,10 +1326,17 @@ class ApiServer:
             field_selector = f"{field_selector},{name_sel}" if field_selector else name_sel
         timeout = DEFAULT_WATCH_TIMEOUT
         if q.get("timeoutSeconds"):
+            raw = q["timeoutSeconds"]
             try:
-                timeout = float(q["timeoutSeconds"])
+                seconds = int(raw)  # ListOptions.timeoutSeconds is an int64
             except ValueError:
-                raise errors.bad_request("invalid timeoutSeconds") from None
+                raise errors.bad_request(
+                    f'timeoutSeconds: invalid value {raw!r}: strconv.ParseInt: parsing "{raw}": '
+                    "invalid syntax"
+                ) from None
+            if seconds != 0:  # 0 is "not set": the server's own timeout
+                timeout = float(seconds)
+        _check_watch_options(q)
         bookmarks = _flag(q.get("allowWatchBookmarks"))
         send_initial = _flag(q.get("sendInitialEvents"))
         rv = q.get("resourceVersion")

@@ -621,6 +621,89 @@ def test_watch_from_an_expired_resource_version_is_410(tmp_path: Path):
                                          resource_version=recent, timeout_seconds=1)) == []  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("query", "causes"),
+    [
+        (
+            "sendInitialEvents=true",
+            ["Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"],
+        ),
+        (
+            "resourceVersionMatch=NotOlderThan",
+            [
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents "
+                "is provided"
+            ],
+        ),
+        (
+            "sendInitialEvents=true&resourceVersionMatch=Exact",
+            [
+                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                'Unsupported value: "Exact": supported values: "NotOlderThan"',
+            ],
+        ),
+    ],
+)
+def test_watch_options_the_api_server_refuses_are_422(
+    kube: SingleCluster, query: str, causes: list[str]
+):
+    status, _, body = raw(kube, "GET", f"/api/v1/namespaces/default/configmaps?watch=true&{query}")
+    assert status == 422
+    answer = json.loads(body)
+    assert answer["reason"] == "Invalid"
+    assert answer["details"]["kind"] == "ListOptions"
+    assert answer["details"]["group"] == "meta.k8s.io"
+    assert [c["message"] for c in answer["details"]["causes"]] == causes
+    assert {c["field"] for c in answer["details"]["causes"]} == {"resourceVersionMatch"}
+    assert answer["message"].startswith('ListOptions.meta.k8s.io "" is invalid: ')
+
+
+def test_watch_timeout_is_whole_seconds_and_zero_means_the_servers_own(kube: SingleCluster):
+    status, _, body = raw(
+        kube, "GET", "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1.5"
+    )
+    assert status == 400
+    assert "timeoutSeconds" in json.loads(body)["message"]
+
+    core = client.CoreV1Api(kube.api_client())
+    start = core.list_namespaced_config_map("default").metadata.resource_version
+    later = threading.Timer(
+        0.3, lambda: core.create_namespaced_config_map("default", {"metadata": {"name": "late"}})
+    )
+    later.start()
+    # timeoutSeconds=0 is not an immediate end: the event written 0.3 s later arrives
+    stream = core.list_namespaced_config_map(
+        "default",
+        watch=True,
+        resource_version=start,
+        timeout_seconds=0,
+        _preload_content=False,
+        _request_timeout=10,
+    )
+    try:
+        first = json.loads(next(stream.stream(amt=None)).splitlines()[0])
+    finally:
+        stream.release_conn()
+        later.join()
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "late")
+
+
+def test_watch_with_initial_events_ends_them_with_a_bookmark(kube: SingleCluster):
+    core = client.CoreV1Api(kube.api_client())
+    core.create_namespaced_config_map("default", {"metadata": {"name": "there"}})
+    status, _, body = raw(
+        kube,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1",
+    )
+    assert status == 200
+    events = [json.loads(line) for line in body.splitlines()]
+    assert ("ADDED", "there") in [(e["type"], e["object"]["metadata"].get("name")) for e in events]
+    bookmark = next(e for e in events if e["type"] == "BOOKMARK")
+    assert bookmark["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
 # ------------------------------------------------------------------------------------------------
 # namespaces, CRDs
 
