@@ -17,9 +17,11 @@ Registered in :mod:`fleetops.cli` with ``app.add_typer(rollout_app)`` (top-level
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from uuid import UUID
 
 import typer
@@ -31,6 +33,9 @@ from fleetops.domain.rollout import RolloutParameters, RolloutPlan
 from fleetops.errors import ConfigError, FleetopsError, InventoryError
 from fleetops.redaction import redact
 from fleetops.settings import RolloutSettings, Settings
+
+if TYPE_CHECKING:
+    from fleetops.inventory.rollouts import BlockedVersion, RolloutHistory
 
 rollout_app = typer.Typer(help="Roll applications out to the fleet.", no_args_is_help=True)
 blocklist_app = typer.Typer(
@@ -104,16 +109,23 @@ def build_parameters(
         raise ConfigError(problems) from exc
 
 
-def paused_flow_run(rollout_id: str, *, settings: Settings) -> UUID:
-    """The flow run of ``rollout_id``, which must be paused waiting for a decision."""
-    from prefect.client.orchestration import get_client
-
+@contextmanager
+def _history(settings: Settings) -> Iterator[RolloutHistory]:
+    """The rollout history of the inventory in the settings (migrated first), for the block."""
     from fleetops.inventory import Inventory
     from fleetops.inventory.rollouts import RolloutHistory
 
     with Inventory(settings.inventory.url) as inventory:
         inventory.migrate()
-        record = RolloutHistory(inventory).get_rollout(rollout_id)
+        yield RolloutHistory(inventory)
+
+
+def paused_flow_run(rollout_id: str, *, settings: Settings) -> UUID:
+    """The flow run of ``rollout_id``, which must be paused waiting for a decision."""
+    from prefect.client.orchestration import get_client
+
+    with _history(settings) as history:
+        record = history.get_rollout(rollout_id)
     if record is None:
         raise ApprovalError(f"no rollout {rollout_id!r} in the history")
     if record.flow_run_id is None:
@@ -243,7 +255,7 @@ class ListOutput(StrEnum):
     JSON = "json"
 
 
-def _describe_block(entry: Any) -> str:
+def _describe_block(entry: BlockedVersion) -> str:
     """``2.0  blocked 2026-11-25T16:00:00+00:00 by rollout R: reason`` (and who cleared it)."""
     text = f"{entry.version}  blocked {entry.blocked_at.isoformat(timespec='seconds')}"
     if entry.rollout_id:
@@ -257,15 +269,10 @@ def _describe_block(entry: Any) -> str:
     return text
 
 
-def _blocklist(app: str, *, include_cleared: bool) -> list[Any]:
-    from fleetops.inventory import Inventory
-    from fleetops.inventory.rollouts import RolloutHistory
-
-    settings = _settings()
+def _blocklist(app: str, *, include_cleared: bool) -> list[BlockedVersion]:
     try:
-        with Inventory(settings.inventory.url) as inventory:
-            inventory.migrate()
-            return RolloutHistory(inventory).blocked_versions(app, include_cleared=include_cleared)
+        with _history(_settings()) as history:
+            return history.blocked_versions(app, include_cleared=include_cleared)
     except InventoryError as exc:
         _fail(str(exc), code=1)
 
@@ -301,16 +308,11 @@ def blocklist_clear(
     ],
 ) -> None:
     """Allow a blocked VERSION of APP to be rolled out again."""
-    from fleetops.inventory import Inventory
-    from fleetops.inventory.rollouts import RolloutHistory
-
     if not operator.strip():
         _fail("--operator: give your name (it is kept with the entry)", code=2)
     settings = _settings()
     try:
-        with Inventory(settings.inventory.url) as inventory:
-            inventory.migrate()
-            history = RolloutHistory(inventory)
+        with _history(settings) as history:
             known = {e.version: e for e in history.blocked_versions(app, include_cleared=True)}
             if version not in known:
                 blocked = sorted(v for v, e in known.items() if e.active)
