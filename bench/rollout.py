@@ -31,7 +31,7 @@ kubeconfig merged from theirs): one process serialises the API servers and contr
 whole wave, where real clusters each have their own.
 
     .venv/bin/python bench/rollout.py --clusters 200 --floor --waves
-    .venv/bin/python bench/rollout.py --clusters 1000 --sequential-sample 0 --approval --floor
+    .venv/bin/python bench/rollout.py --clusters 1000 --sequential-sample 0 --approval --floor --waves
 """
 
 from __future__ import annotations
