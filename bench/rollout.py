@@ -12,7 +12,8 @@ second is a rollout of the next version as it runs from then on. For each it rep
   ``ceil(n / max_parallel) x R`` (goal: at most 1.10 at 200 clusters, 1.25 at 1,000), and the
   run's own start-to-end time as Prefect records it (a sync flow's call returns up to a second
   later, when the engine has joined its heartbeat thread); with ``--waves``, each wave's span
-  and its cluster tasks' durations as Prefect recorded them;
+  and its cluster tasks' durations as Prefect recorded them (read once the server has recorded
+  them all, so the next rollout also starts with the server caught up);
 - the CPU time of the flow process, the sandbox and the Prefect server during the run;
 - the speed-up of the second rollout over a sequential apply-and-wait loop (the same
   per-cluster code as the task, without Prefect), timed over ``--sequential-sample`` clusters

@@ -145,8 +145,9 @@ def settle_heap() -> None:
     A fleet's stores, certificates and servers are hundreds of thousands of objects that live as
     long as the process. Every full collection walked all of them with the event loop stopped:
     a quarter of the sandbox's CPU during a 200-cluster rollout. :func:`gc.freeze` leaves them
-    to reference counting alone (cycles among them are never collected; they have none to
-    free), and young collections run every 10,000 allocations instead of 700. Only this
+    to reference counting alone (a cycle among them is never collected: what the fleet built
+    to start lives until the process ends), and young collections run every 10,000 allocations
+    instead of 700. Only this
     process's entry point calls it: a fleet started inside another process (a test) leaves that
     process's collector alone.
     """
