@@ -62,6 +62,7 @@ from fleetops.domain.rollout import (
     RolloutParameters,
     UnreachablePolicy,
     check_version_allowed,
+    clear_block_command,
 )
 from fleetops.domain.waves import PlannedWave, WavePlan, plan_rollout
 from fleetops.errors import FleetopsError, PlanningError, Unreachable
@@ -693,7 +694,7 @@ class _Run:
             )
             self.note(
                 f"version {self.p.version} of {self.p.app} is now blocked (to allow it again: "
-                f"fleetops blocklist clear {self.p.app} {self.p.version} --operator NAME)",
+                f"{clear_block_command(self.p.app, self.p.version)})",
                 slack=True,
             )
         end = RolloutStatus.FAILED if failed else RolloutStatus.ROLLED_BACK

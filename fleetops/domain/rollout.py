@@ -472,6 +472,11 @@ class BlockedVersion(BaseModel):
     blocked_at: datetime | None = Field(default=None, description="When it was blocked (UTC).")
 
 
+def clear_block_command(app: str, version: str) -> str:
+    """The command an operator runs to allow a blocked ``version`` of ``app`` again."""
+    return f"fleetops blocklist clear {app} {version} --operator NAME"
+
+
 def check_version_allowed(app: str, version: str, blocklist: Iterable[BlockedVersion]) -> None:
     """Raise :class:`VersionBlocked` if ``version`` of ``app`` is on the blocklist.
 
@@ -490,5 +495,5 @@ def check_version_allowed(app: str, version: str, blocklist: Iterable[BlockedVer
             raise VersionBlocked(
                 f"version {version!r} of app {app!r} is blocked{because}; an operator must "
                 "clear it from the blocklist before it can be rolled out again "
-                f"(fleetops blocklist clear {app} {version} --operator NAME)"
+                f"({clear_block_command(app, version)})"
             )
